@@ -14,9 +14,10 @@ Preprocessing is *exactly* the evaluation pipeline the model was tested with
 (``data.load_image`` + ``data.make_transforms(size)["test"]``, ImageNet normalization included;
 the article's CAM step skipped the normalization, which changes predictions — see
 ``lessons/03_cam/test_article_pitfalls.py``). Any size and mode (grayscale, RGB, 16-bit, palette)
-works. A file that cannot be read gets one line on stderr; the others are still processed, and the
-exit code is then 2. This module only wires: the maths is in ``weighted_sum``, ``gradcam``,
-``zoom`` and ``overlay``.
+works. A file that cannot be read (empty, truncated, not an image, DICOM, over PIL's decompression-bomb
+limit) gets one line on stderr; the others are still processed, and the exit code is then 2. An input
+path that does not exist stops the command before any work (exit 2): it is a typo, not a bad file.
+This module only wires: the maths is in ``weighted_sum``, ``gradcam``, ``zoom`` and ``overlay``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 def find_images(inputs: list[str]) -> list[Path]:
     """Files as given, folders searched recursively for image files (junk skipped), sorted.
 
+    DICOM files are included so that they are reported ("convert it to PNG/JPEG first"), not ignored.
+
     Raises:
         data.DataError: an input path does not exist.
     """
@@ -69,7 +72,8 @@ def find_images(inputs: list[str]) -> list[Path]:
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not data._is_junk(d))
                 found += [Path(root) / f for f in sorted(files)
-                          if not data._is_junk(f) and f.lower().endswith(data.IMG_EXTENSIONS)]
+                          if not data._is_junk(f)
+                          and f.lower().endswith(data.IMG_EXTENSIONS + data.DICOM_EXTENSIONS)]
         elif path.exists():
             found.append(path)  # named explicitly: try it whatever its extension
         else:

@@ -1,0 +1,186 @@
+"""``python -m pneumonia_cam.train``: artifacts, --help, misuse exit codes, offline weights (issues 3, 7)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections import namedtuple
+
+import pytest
+import torch
+
+from pneumonia_cam import train
+from pneumonia_cam.checkpoint import load_checkpoint, load_model
+from pneumonia_cam.config import PRESETS, TrainConfig
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+def test_help_documents_every_config_field(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in out, f.name
+    for flag in ("--preset", "--resume", "--overwrite", "--no-freeze-backbone", "--val-from-train"):
+        assert flag in out
+
+
+def test_tiny_run_writes_every_artifact(tiny_train_args, tmp_path, capsys):
+    assert train.main(tiny_train_args) == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.json", "best.pt", "last.pt", "history.csv", "metrics.json",
+            "curves.png", "confusion.png", "roc.png", "cam_grid.png"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["image_size"] == 32 and cfg["epochs"] == 2 and cfg["arch"] == "resnet18"
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert {"accuracy", "sensitivity", "specificity", "precision", "f1", "auc", "confusion"} <= set(metrics[split])
+    assert metrics["data"]["n_test"] == 8 and metrics["test"]["n"] == 8
+    assert set(metrics["val_threshold"]) == {"threshold", "val", "test"}
+    assert {"total_s", "fit_s", "epoch_seconds"} <= set(metrics["timing"])
+    assert metrics["machine"]["torch"] == torch.__version__
+    assert 1 <= metrics["best_epoch"] <= 2
+
+    with open(run_dir / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+
+    model, best = load_model(run_dir / "best.pt")  # weights_only load, architecture from the config
+    assert best["classes"] == ["NORMAL", "PNEUMONIA"] and best["config"] == cfg
+    assert best["metrics"]["test"]["accuracy"] == metrics["test"]["accuracy"]
+    last = load_checkpoint(run_dir / "last.pt")
+    assert {"model", "optimizer", "scheduler", "epoch", "rng", "best", "history", "config", "classes",
+            "metrics"} <= set(last)
+    assert last["epoch"] == 2 and isinstance(last["rng"]["loader"], torch.Tensor)
+
+    assert metrics["localization"] is None  # a Kaggle-layout folder has no lesion masks
+    for png in ("curves.png", "confusion.png", "roc.png", "cam_grid.png"):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "sensitivity" in out and "test" in out and str(run_dir) in out
+
+
+def test_existing_run_is_refused_then_overwritten(tiny_train_args, tmp_path, capsys):
+    args = tiny_train_args + ["--epochs", "1"]
+    assert train.main(args) == 0
+    capsys.readouterr()
+    marker = tmp_path / "runs" / "tiny" / "keep-me"
+    marker.write_text("x")
+    assert train.main(args) == 2
+    err = _error_line(capsys)
+    assert "already exists" in err and "--resume" in err and "--overwrite" in err
+    assert marker.exists()  # nothing was touched
+    assert train.main(args + ["--overwrite"]) == 0
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--val-from-train", "1.5"], "--val-from-train"),
+    (["--image-size", "8"], "--image-size"),
+    (["--data-dir", "/nonexistent/chest_xray"], "/nonexistent/chest_xray"),
+    (["--weights", "/nonexistent/w.pth"], "/nonexistent/w.pth"),
+    (["--resume"], "last.pt"),
+    (["--name", "../escape"], "--name"),
+])
+def test_misuse_exits_2_with_one_line(tiny_train_args, extra, message, capsys):
+    assert train.main(tiny_train_args + extra) == 2
+    assert message in _error_line(capsys)
+
+
+@pytest.mark.parametrize("extra", [["--epochs", "two"], ["--arch", "vgg16"], ["--precision", "fp16"],
+                                   ["--no-such-flag"]])
+def test_bad_flag_values_exit_2(tiny_train_args, extra):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(tiny_train_args + extra)
+    assert exit_.value.code == 2
+
+
+def test_missing_imagenet_weights_names_the_file(tiny_train_args, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert train.main(tiny_train_args + ["--weights", "imagenet"]) == 2
+    err = _error_line(capsys)
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in err
+    assert "--weights none" in err and "--weights PATH" in err
+
+
+def test_article_preset_needs_data_dir(capsys):
+    assert train.main(["--preset", "article", "--no-progress"]) == 2
+    assert "--data-dir" in _error_line(capsys)
+    assert PRESETS["article"].arch == "resnet152" and PRESETS["article"].freeze_backbone
+
+
+def test_unwritable_out_dir_is_detected_before_training(tiny_train_args, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert train.main(tiny_train_args + ["--out-dir", str(blocker / "runs")]) == 2
+    assert "cannot write" in _error_line(capsys)
+
+
+def test_full_disk_is_detected_before_training(tiny_train_args, tmp_path, monkeypatch, capsys):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(train.shutil, "disk_usage", lambda p: usage(10 << 20, 9 << 20, 1 << 20))
+    assert train.main(tiny_train_args) == 2
+    assert "MiB free" in _error_line(capsys)
+    assert not (tmp_path / "runs" / "tiny" / "last.pt").exists()
+
+
+def test_resume_refuses_changed_settings(tiny_train_args, capsys):
+    assert train.main(tiny_train_args + ["--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert train.main(tiny_train_args + ["--resume", "--lr", "0.5"]) == 2
+    assert "--lr" in _error_line(capsys)
+    # Extending a finished run is allowed: it trains the missing epoch only.
+    assert train.main(tiny_train_args + ["--resume", "--epochs", "2"]) == 0
+    assert load_checkpoint(tiny_train_args[tiny_train_args.index("--out-dir") + 1] + "/tiny/last.pt")["epoch"] == 2
+
+
+def test_phantom_data_path(tmp_path, monkeypatch, capsys):
+    """No --data-dir: phantoms are generated into the user cache ($XDG_CACHE_HOME) on first use."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    args = ["--out-dir", str(tmp_path / "runs"), "--phantom-size", "64", "--phantom-n-train", "8",
+            "--phantom-n-val", "4", "--phantom-n-test", "4", "--image-size", "32", "--epochs", "1",
+            "--batch-size", "8", "--workers", "0", "--precision", "fp32", "--device", "cpu", "--no-progress"]
+    assert train.main(args) == 0
+    metrics = json.loads((tmp_path / "runs" / "demo" / "metrics.json").read_text())
+    assert metrics["data"]["phantoms"] and metrics["data"]["root"].startswith(str(tmp_path / "cache"))
+    # Phantoms carry lesion masks: the run scores every map method on the PNEUMONIA test images.
+    loc = metrics["localization"]
+    assert loc["n_images"] == 2 and 0 < loc["mean_lesion_fraction"] < 1  # 4 balanced test images
+    for method in ("cam", "gradcam", "dilated_cam", "gaussian", "random"):
+        assert 0.0 <= loc[method]["pointing_game"] <= 1.0 and 0.0 <= loc[method]["energy_pointing_game"] <= 1.0
+    assert (tmp_path / "runs" / "demo" / "cam_grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_module_entry_point_reports_misuse_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pneumonia_cam.train", "--data-dir", str(tmp_path / "missing"),
+                           "--out-dir", str(tmp_path / "runs"), "--no-progress"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert str(tmp_path / "missing") in proc.stderr
+
+
+def test_demo_is_the_default_preset_and_the_dataclass_defaults():
+    demo = PRESETS["demo"]
+    assert demo == TrainConfig()
+    assert (demo.arch, demo.weights, demo.freeze_backbone, demo.image_size, demo.data_dir) == \
+        ("resnet18", "none", False, 224, None)
+    assert TrainConfig.from_dict(demo.to_dict()) == demo
+    with pytest.raises(ValueError, match="unknown config keys"):
+        TrainConfig.from_dict({**demo.to_dict(), "lr_typo": 1})
