@@ -55,7 +55,7 @@ class TrainConfig:
 
     # --- optimization (Adam + StepLR, as in the article) ------------------------------------------------
     epochs: int = _f(6, "passes over the training set")
-    batch_size: int = _f(32, "images per optimizer step")
+    batch_size: int = _f(32, "images per optimizer step (under torchrun: the global batch, split over the processes)")
     lr: float = _f(1e-3, "Adam learning rate (torch's default, as the article uses)")
     weight_decay: float = _f(0.0, "Adam L2 weight decay")
     step_size: int = _f(4, "StepLR: multiply lr by GAMMA every STEP_SIZE epochs")

@@ -65,6 +65,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision.datasets.vision import StandardTransform
 from tqdm.auto import tqdm
 
+from pneumonia_cam import distributed
 from pneumonia_cam.fit import autocast, fit, resolve_device, resolve_precision
 
 #: Bump when the cache file layout or the extraction changes meaning: old files are then ignored.
@@ -372,10 +373,17 @@ def cache_features(
             key = cache_key(model, ds, precision, channels_last, n_views, seed if augmented else 0)
             path = Path(cache_dir) / f"features-{split}-{key[:16]}.pt"
             payload = _load_cached(path, key)
+        # torchrun: the extraction below is collective, so every rank must take the same branch.
+        if distributed.world_size() > 1 and not distributed.all_agree(payload is not None):
+            payload = None
         source = "loaded"
         if payload is None:
             source = "computed"
+            # torchrun: each rank extracts a contiguous shard of the split, then all are gathered.
+            # (Augmented views stay whole on every rank: their draws follow the single-process order.)
+            shard = not augmented and 1 < distributed.world_size() <= len(ds)
             loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                sampler=distributed.ShardSampler(len(ds)) if shard else None,
                                 pin_memory=device.type == "cuda")
             kw = dict(device=device, precision=precision, channels_last=channels_last, progress=progress)
             if augmented:
@@ -388,8 +396,10 @@ def cache_features(
                 labels = passes[0][1]
             else:
                 feats, labels = extract_features(model, loader, desc=f"{split} features", **kw)
+                if shard:
+                    feats, labels = distributed.all_gather(feats), distributed.all_gather(labels)  # (N, K), (N,)
             payload = {"key": key, "features": feats, "labels": labels}
-            if path is not None:
+            if path is not None and distributed.is_main():
                 _save_cached(path, payload)
         feats, labels = payload["features"], payload["labels"]
         out[split] = AugmentedViews(feats, labels) if augmented else TensorDataset(feats, labels)

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pneumonia_cam import distributed
 from pneumonia_cam.model import train_mode
 
 
@@ -163,6 +164,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         correct += (log_p.argmax(dim=1) == y).sum().item()
         n += y.numel()
         bar.set_postfix(loss=f"{total_loss / n:.4f}", acc=f"{correct / n:.3f}")
+    total_loss, correct, n = distributed.sum_across([total_loss, correct, n])  # all ranks (no-op alone)
+    n = int(n)
     return {"loss": total_loss / max(n, 1), "acc": correct / max(n, 1), "n": n}
 
 
@@ -170,6 +173,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu", precision: str = "fp32",
              channels_last: bool = False, progress: bool = False, desc: str = "eval") -> dict:
     """Forward a whole split in eval mode without autograd.
+
+    Under torchrun, a loader with a :class:`~pneumonia_cam.distributed.ShardSampler` holds this
+    rank's shard; the results of all shards are gathered, so every rank returns the whole split.
 
     Returns:
         ``{"loss", "acc", "n", "y_true" (N,) int64, "probs" (N, C) float64}``; ``loss`` is the plain
@@ -185,10 +191,15 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "c
         losses.append(nn.functional.nll_loss(log_p, y, reduction="sum").item())
         ys.append(y.cpu())
         probs.append(log_p.exp().double().cpu())  # (B, C) probabilities, rows sum to 1
-    y_true = torch.cat(ys).numpy() if ys else np.zeros(0, dtype=np.int64)
-    p = torch.cat(probs).numpy() if probs else np.zeros((0, 2))
+    y_true = torch.cat(ys) if ys else torch.zeros(0, dtype=torch.int64)
+    p = torch.cat(probs) if probs else torch.zeros((0, 2), dtype=torch.float64)
+    loss_sum = sum(losses)
+    if isinstance(getattr(loader, "sampler", None), distributed.ShardSampler):  # torchrun: one shard per rank
+        y_true, p = distributed.all_gather(y_true), distributed.all_gather(p)  # (N,), (N, C) in split order
+        (loss_sum,) = distributed.sum_across([loss_sum])
+    y_true, p = y_true.numpy(), p.numpy()
     n = int(y_true.size)
-    return {"loss": sum(losses) / max(n, 1), "acc": float((p.argmax(1) == y_true).mean()) if n else float("nan"),
+    return {"loss": loss_sum / max(n, 1), "acc": float((p.argmax(1) == y_true).mean()) if n else float("nan"),
             "n": n, "y_true": y_true, "probs": p}
 
 
@@ -260,6 +271,8 @@ def fit(model: nn.Module, loaders: Mapping[str, Iterable], *, epochs: int, lr: f
     weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=device)
     loss_fn = nn.NLLLoss(weight=weight)
     train_loader, val_loader = loaders["train"], loaders["val"]  # never loaders["test"]
+    # torchrun: DDP averages the gradients over the processes; `model` itself is evaluated and saved.
+    trained = distributed.wrap(model, device)
     generator = getattr(train_loader, "generator", None)
 
     history: list[dict] = []
@@ -280,8 +293,10 @@ def fit(model: nn.Module, loaders: Mapping[str, Iterable], *, epochs: int, lr: f
     for epoch in range(start + 1, epochs + 1):
         t0 = time.perf_counter()
         lr_now = optimizer.param_groups[0]["lr"]
-        tr = train_one_epoch(model, train_loader, optimizer, loss_fn, device, precision, channels_last,
+        distributed.set_epoch(train_loader, epoch)
+        tr = train_one_epoch(trained, train_loader, optimizer, loss_fn, device, precision, channels_last,
                              progress, desc=f"epoch {epoch}/{epochs} train")
+        distributed.broadcast_buffers(model)  # rank 0's BatchNorm statistics on every rank
         # After the epoch's optimizer steps, never before (PyTorch >= 1.1; the article had it first).
         scheduler.step()
         va = evaluate(model, val_loader, device, precision, channels_last, progress,

@@ -14,6 +14,10 @@ Run folder ``OUT_DIR/NAME/``: ``config.json``, ``best.pt``, ``last.pt``, ``histo
 missing weights, an existing run folder without ``--resume``/``--overwrite``, an unwritable or full
 output location) exits with code 2 and one line on stderr, before any training.
 
+Under ``torchrun --nproc_per_node=N -m pneumonia_cam.train`` the same command trains data-parallel
+(:mod:`pneumonia_cam.distributed`, ``docs/distributed.md``): ``--batch-size`` stays the global batch,
+only rank 0 prints and writes.
+
 ``--resume`` restores model, optimizer, scheduler, best-so-far and every RNG from ``last.pt``; on CPU
 with ``--workers 0`` (the demo) the result is bit-identical to an uninterrupted run. With worker
 processes the loaders keep their workers alive across epochs (``persistent_workers``), and the
@@ -42,7 +46,8 @@ import numpy as np
 import torch
 import torchvision
 
-from pneumonia_cam import CLASSES, __version__, data, features, localization, overlay, phantoms, report
+from pneumonia_cam import (CLASSES, __version__, data, distributed, features, localization, overlay, phantoms,
+                           report)
 from pneumonia_cam.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pneumonia_cam.config import PRESETS, TrainConfig
 from pneumonia_cam.fit import evaluate, fit, resolve_device, resolve_precision
@@ -284,19 +289,30 @@ def run(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = 
     """Train and evaluate ``cfg`` into ``run_dir`` (prepared by :func:`prepare_run_dir`); return metrics."""
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = distributed.init(cfg.device)  # under torchrun: the group joined, cuda:LOCAL_RANK or the CPU
+    main_rank = distributed.is_main()  # only rank 0 prints and writes
+    progress = progress and main_rank
+    say = print if main_rank else (lambda *args, **kwargs: None)
     if cfg.precision == "auto" and device.type == "cpu" and resolve_precision("auto", device) == "fp32":
-        print("note: this CPU has no AMX or AVX512-BF16 units, where bf16 autocast is emulated and slower: using fp32")
+        say("note: this CPU has no AMX or AVX512-BF16 units, where bf16 autocast is emulated and slower: using fp32")
+    if not main_rank:  # rank 0 generates the phantoms (once), then the others read them
+        distributed.barrier()
     root, datasets = load_data(cfg, progress)
+    if main_rank:
+        distributed.barrier()
     t_data = time.perf_counter() - t_start
-    loaders = data.make_loaders(datasets, cfg.batch_size, cfg.workers, device, cfg.seed)
+    # torchrun: --batch-size is the global batch; each rank gets batch_size / W images of every batch,
+    # in the single-process order, and a contiguous shard of val/test (see pneumonia_cam.distributed).
+    image_loaders = data.make_loaders(datasets, cfg.batch_size, cfg.workers, device, cfg.seed)
+    loaders = distributed.shard_loaders(image_loaders)
     model = build_model(cfg.arch, cfg.weights, cfg.freeze_backbone, len(CLASSES), cfg.dilate_layer4)
     class_weights = None
     if cfg.class_weights == "balanced":
         counts = np.bincount(np.asarray(datasets["train"].targets), minlength=len(CLASSES))
         class_weights = torch.tensor(counts.sum() / (len(CLASSES) * np.maximum(counts, 1)), dtype=torch.float32)
-    state = load_checkpoint(run_dir / "last.pt") if resume else None
-    _write_json(run_dir / "config.json", cfg.to_dict())
+    state = load_checkpoint(run_dir / "last.pt") if resume else None  # every rank reads it
+    if main_rank:
+        _write_json(run_dir / "config.json", cfg.to_dict())
     base = {"config": cfg.to_dict(), "classes": list(CLASSES)}
 
     def on_epoch_end(s: dict) -> None:
@@ -309,19 +325,19 @@ def run(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = 
 
     t_fit = time.perf_counter()
     opt = dict(epochs=cfg.epochs, lr=cfg.lr, step_size=cfg.step_size, gamma=cfg.gamma, weight_decay=cfg.weight_decay,
-               class_weights=class_weights, device=device, progress=progress, log=print, resume=state,
-               on_epoch_end=on_epoch_end)
+               class_weights=class_weights, device=device, progress=progress, log=say, resume=state,
+               on_epoch_end=on_epoch_end if main_rank else None)
     if cfg.cache_features:
         # The frozen backbone once per image (pneumonia_cam.features), then the same fit loop on the head
         # alone; val and test are evaluated on their cached features too. Extraction time counts in fit_s.
         if cfg.augment and cfg.feature_views == 0:
-            print("note: --cache-features reads the training images through the eval transforms (no "
+            say("note: --cache-features reads the training images through the eval transforms (no "
                   "augmentation); --feature-views V caches V augmented views instead")
         feature_sets = features.cache_features(
             model, datasets, views=cfg.feature_views, batch_size=cfg.batch_size, num_workers=cfg.workers or 0,
             device=device, precision=cfg.precision, channels_last=cfg.channels_last,
-            cache_dir=cfg.feature_cache_dir, seed=cfg.seed, progress=progress, log=print)
-        eval_loaders = features.feature_loaders(feature_sets, cfg.batch_size, cfg.seed)
+            cache_dir=cfg.feature_cache_dir, seed=cfg.seed, progress=progress, log=say)
+        eval_loaders = distributed.shard_loaders(features.feature_loaders(feature_sets, cfg.batch_size, cfg.seed))
         state = features.fit_cached(model, eval_loaders, **opt)
         eval_model, eval_precision = model.fc, "fp32"  # the features already carry the extraction's precision
         precision = resolve_precision(cfg.precision, device)
@@ -351,10 +367,14 @@ def run(cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = 
         "history": state["history"], "machine": machine_info(device),
     }
 
+    metrics["machine"]["world_size"] = distributed.world_size()
+    if not main_rank:  # torchrun: rank 0 alone scores the CAMs (on the whole test split) and writes
+        return metrics
+
     # ---- Where did the model look? (lesson 03) --------------------------------------------------------
     # Phantoms carry lesion masks, so the CAM can be scored against the truth on the PNEUMONIA test images
     # (pointing game, energy, Zhou's box) beside Grad-CAM, a dilated layer4 and two baselines.
-    metrics["localization"] = cam_report(model, datasets["test"], loaders["test"], root, run_dir, cfg,
+    metrics["localization"] = cam_report(model, datasets["test"], image_loaders["test"], root, run_dir, cfg,
                                          with_masks=metrics["data"]["phantoms"])
     t_eval = time.perf_counter() - t_eval
 
@@ -409,13 +429,23 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--preset article needs --data-dir: the Kaggle chest-xray-pneumonia root "
                              "(train/ val/ test/); or use --preset demo for the offline phantoms")
         validate(cfg)
-        run_dir = prepare_run_dir(cfg, args.resume, args.overwrite)
+        if distributed.is_distributed():
+            distributed.per_process_batch(cfg.batch_size, int(os.environ["WORLD_SIZE"]))  # B % W == 0
+            distributed.init(cfg.device)
+        # torchrun: rank 0 creates (or clears) the folder; if it fails, torchrun stops the others.
+        run_dir = (prepare_run_dir(cfg, args.resume, args.overwrite) if distributed.is_main()
+                   else Path(cfg.out_dir) / cfg.name)
+        distributed.barrier()
         metrics = run(cfg, run_dir, resume=args.resume, progress=args.progress)
     except (UsageError, data.DataError, data.BadImageError, CheckpointError, WeightsUnavailableError,
             ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(summary_table(metrics, run_dir))
+    finally:
+        main_rank = distributed.is_main()
+        distributed.cleanup()
+    if main_rank:
+        print(summary_table(metrics, run_dir))
     return 0
 
 
