@@ -54,9 +54,9 @@ class TrainConfig:
     dilate_layer4: bool = _f(False, "output stride 16: 14x14 CAM grid at 224 px instead of 7x7")
 
     # --- optimization (Adam + StepLR, as in the article) ------------------------------------------------
-    epochs: int = _f(6, "passes over the training set")
+    epochs: int = _f(5, "passes over the training set")
     batch_size: int = _f(32, "images per optimizer step (under torchrun: the global batch, split over the processes)")
-    lr: float = _f(1e-3, "Adam learning rate (torch's default, as the article uses)")
+    lr: float = _f(5e-4, "Adam learning rate (the article: 1e-3, torch's default)")
     weight_decay: float = _f(0.0, "Adam L2 weight decay")
     step_size: int = _f(4, "StepLR: multiply lr by GAMMA every STEP_SIZE epochs")
     gamma: float = _f(0.1, "StepLR decay factor")
@@ -99,11 +99,17 @@ class TrainConfig:
 PRESETS: dict[str, TrainConfig] = {
     # Offline, CPU: <= 5 minutes on 2 cores including first-run phantom generation, test accuracy
     # >= 0.95. Spelled out although these are the defaults, so the recipe reads in one place.
-    # From scratch the network first learns the majority class at lr 1e-3; the StepLR drop after
-    # epoch 4 is where validation accuracy jumps (~0.84 -> ~0.97 in the reference run).
+    # Tuned on the 1,600 training phantoms at 224 px, ~36 s per epoch (bf16, channels_last):
+    # * lr 5e-4, not Adam's 1e-3: from scratch at 1e-3 the network sat on the majority class for
+    #   3-4 epochs and, for one seed in three, never took off in budget (test 0.91); at 5e-4 all
+    #   three seeds learned by epoch 2-3;
+    # * 4 epochs at lr, then 1 at lr/10 (StepLR(4)): validation accuracy in train-mode-BN
+    #   epochs swings (0.81-0.97); the low-lr epoch settles it at 0.97-0.98;
+    # * batch 32: batch 16 costs the same per image on this CPU but did not take off in budget.
+    # Seeds 0/1/2 gave test accuracy 0.978/0.990/0.978 (ROC AUC >= 0.997).
     "demo": TrainConfig(
         name="demo", data_dir=None, arch="resnet18", weights="none", freeze_backbone=False,
-        image_size=224, epochs=6, batch_size=32, lr=1e-3, step_size=4, gamma=0.1,
+        image_size=224, epochs=5, batch_size=32, lr=5e-4, step_size=4, gamma=0.1,
         precision="auto", channels_last=True, workers=0,
     ),
     # The article: frozen ImageNet ResNet-152, a new 2-class head, Adam + StepLR(4), 10 epochs.
