@@ -103,9 +103,9 @@ PRESETS: dict[str, TrainConfig] = {
     # * lr 5e-4, not Adam's 1e-3: from scratch at 1e-3 the network sat on the majority class for
     #   3-4 epochs and, for one seed in three, never took off in budget (test 0.91); at 5e-4 all
     #   three seeds learned by epoch 2-3;
-    # * 4 epochs at lr, then 1 at lr/10 (StepLR(4)): validation accuracy in train-mode-BN
-    #   epochs swings (0.81-0.97); the low-lr epoch settles it at 0.97-0.98;
-    # * batch 32: batch 16 costs the same per image on this CPU but did not take off in budget.
+    # * 4 epochs at lr, then 1 at lr/10 (StepLR(4)): at the high lr validation accuracy swings
+    #   (0.81-0.95) while training accuracy rises; the low-lr epoch settles it at 0.97-0.98;
+    # * batch 32: batch 16 costs the same per image on this CPU but (at lr 1e-3) did not take off.
     # Seeds 0/1/2 gave test accuracy 0.978/0.990/0.978 (ROC AUC >= 0.997).
     "demo": TrainConfig(
         name="demo", data_dir=None, arch="resnet18", weights="none", freeze_backbone=False,
