@@ -33,15 +33,11 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from pneumonia_cam import CLASSES
+# The Normalize statistics the images were fed with (re-exported): un-normalizing undoes exactly those.
+from pneumonia_cam.data import IMAGENET_MEAN, IMAGENET_STD
 from pneumonia_cam.gradcam import grad_cam
 from pneumonia_cam.weighted_sum import cam_from_model, normalize_cam
 from pneumonia_cam.zoom import upsample
-
-# ImageNet statistics of torchvision's pretrained weights; the same numbers as
-# ``pneumonia_cam.data.IMAGENET_MEAN/STD`` (a test checks it) but not imported from there, so the
-# plotting code works on any tensor without the data module.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def denormalize(
