@@ -1,31 +1,17 @@
-"""Tiny seeded fixtures shared by the lessons (keep them tiny: the whole suite runs on 2 CPU cores).
+"""Tiny seeded fixtures shared by the lessons: small enough that the whole suite runs on a laptop CPU.
 
-Developers append fixtures here; nobody rewrites another lesson's fixtures.
+The one-thread fixture that every test uses is in the root ``conftest.py``.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from pneumonia_cam.model import build_model
-
-
-# --- everyone: one torch thread ---------------------------------------------------------------------
-@pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread():
-    """Run the suite's tiny models on one intra-op thread.
-
-    They gain nothing from a second thread, and on a shared 2-core machine an OpenMP team whose other
-    thread is descheduled waits at every barrier: with the default 2 threads the suite ran ~4x slower
-    under load. Benchmarks that measure real throughput set their own thread count. Subprocesses get
-    ``OMP_NUM_THREADS=1`` from the tests that start them.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from pneumonia_cam.steps.model import build_model
 
 
 # --- lessons 01/02: model and fit loop -------------------------------------------------------------
@@ -65,10 +51,6 @@ def toy_loaders() -> dict[str, DataLoader]:
 # --- lesson 03: CAM (hook, weighted sum, zoom, Grad-CAM) -------------------------------------------
 # These build torchvision networks directly (weights=None, nothing downloaded): the CAM modules take
 # any GAP + linear classifier with a ``layer4`` and an ``fc = Sequential(Linear, LogSoftmax)``.
-import torchvision  # noqa: E402
-from torch import nn  # noqa: E402
-
-
 class TinyCamNet(nn.Module):
     """The smallest network with the article's layout: conv block -> GAP -> Linear -> LogSoftmax.
 

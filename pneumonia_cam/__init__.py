@@ -1,9 +1,31 @@
 """pneumonia_cam: detect pneumonia in chest X-rays with a transfer-learned ResNet and show where it
 looked with a Class Activation Map (Zhou et al., CVPR 2016).
 
-The package mirrors the tutorial section by section; data flows one way:
-``phantoms/data -> gap/model -> fit/metrics -> hook/weighted_sum/zoom -> overlay``, and the command-line
-modules ``train`` and ``cam`` only wire those together.
+Read in this order (data flows one way, and a module never imports a later step):
+
+The article's steps, :mod:`pneumonia_cam.steps`:
+
+1. ``gap``: global average pooling and the size of the head it allows (lesson 01).
+2. ``data``: transforms, ImageFolder datasets, DataLoaders (lesson 02).
+3. ``model``: the pretrained ResNet, frozen, with a new two-class head (lesson 02).
+4. ``fit``: the training loop and evaluation; ``metrics``: accuracy, sensitivity, AUC (lesson 02).
+5. ``hook``: a forward hook that keeps ``layer4``'s feature maps (lesson 03).
+6. ``weighted_sum``: the Class Activation Map itself (lesson 03).
+7. ``zoom``: upsampling the 7x7 map to the image (lesson 03).
+8. ``overlay``: the heat map drawn over the X-ray (lesson 03).
+
+Extensions beyond the article, :mod:`pneumonia_cam.extensions`: ``gradcam`` (Grad-CAM),
+``localization`` (does the map point at the lesion?), ``feature_cache`` (run a frozen backbone once).
+
+Support, :mod:`pneumonia_cam.support`: ``phantoms`` (the offline data set), ``images`` (robust image
+reading), ``splits`` (patient-aware validation split), ``runtime`` (device, bf16, RNG), ``config``
+(the run's dataclass and presets), ``checkpoint`` (atomic save, safe load), ``report`` (figures),
+``distributed`` (torchrun), ``pipeline`` (the training run's phases, behind the ``train`` command).
+
+Commands: ``python -m pneumonia_cam.train`` and ``python -m pneumonia_cam.cam``.
+
+Exercise mode, :mod:`pneumonia_cam.exercises`: ``python -m pneumonia_cam.exercises start 03_cam``
+copies a lesson's stubs to ``my_exercises/``; ``pytest lessons/03_cam --student my_exercises`` judges them.
 """
 
 __version__ = "0.1.0"
@@ -11,3 +33,6 @@ __version__ = "0.1.0"
 # Class order is part of the contract: ImageFolder sorts folder names, and the CAM weight row
 # ``model.fc[0].weight[1]`` is PNEUMONIA only because "NORMAL" < "PNEUMONIA".
 CLASSES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
+
+# The three splits of the Kaggle layout (and of the generated phantoms), in this order.
+SPLITS: tuple[str, str, str] = ("train", "val", "test")

@@ -1,6 +1,6 @@
-"""Tiny seeded fixtures for tests/ (keep them tiny: the whole suite runs on 2 CPU cores).
+"""Tiny seeded fixtures for tests/: small enough that the whole suite runs on a laptop CPU.
 
-Developers append fixtures here; nobody rewrites another developer's fixtures.
+The one-thread fixture that every test uses is in the root ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -8,31 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
-from pneumonia_cam.phantoms import PhantomConfig, generate
-
-
-# --- everyone: one torch thread ---------------------------------------------------------------------
-@pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread():
-    """Run the suite's tiny models on one intra-op thread.
-
-    They gain nothing from a second thread, and on a shared 2-core machine an OpenMP team whose other
-    thread is descheduled waits at every barrier: with the default 2 threads the suite ran ~4x slower
-    under load. Benchmarks that measure real throughput set their own thread count. Subprocesses get
-    ``OMP_NUM_THREADS=1`` from the tests that start them.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from pneumonia_cam.support.phantoms import PhantomConfig, generate
 
 
-# --- training CLI (issue 3) / checkpoints, resume, determinism (issue 7) ------------------------------
+# --- training CLI, checkpoints, resume, determinism --------------------------------------------------
 @pytest.fixture(scope="session")
 def tiny_kaggle_root(tmp_path_factory) -> Path:
-    """A 64 px phantom data set in Kaggle layout: train 16, val 8, test 8 images (~0.5 s to draw).
+    """A 64 px phantom data set in Kaggle layout: train 16, val 8, test 8 images.
 
     Session-scoped and read-only by convention: tests that modify data copy it first.
     """

@@ -1,7 +1,7 @@
-"""Bad-input corpus (issue 7, item 1): every kind of broken or unusual file a user may feed us, generated
+"""Bad-input corpus: every kind of broken or unusual file a user may feed us, generated
 at test time and pushed through the data path, the train command and the cam command.
 
-The policy under test is the one in the module docstring of ``pneumonia_cam.data``:
+The policy under test is the one in the module docstring of ``pneumonia_cam.steps.data``:
 
 * cannot be an image (``.DS_Store``, ``__MACOSX/``, text): skipped at scan time, counted in a warning;
 * looks like an image but does not decode (empty, truncated, random bytes, DICOM, decompression bomb):
@@ -32,18 +32,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from pneumonia_cam import CLASSES, cam, train
-from pneumonia_cam.checkpoint import save_checkpoint
-from pneumonia_cam.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    BadImageError,
-    ChestXrayFolder,
-    DataError,
-    load_image,
-    make_datasets,
-    make_transforms,
-)
-from pneumonia_cam.model import build_model
+from pneumonia_cam.steps.data import IMAGENET_MEAN, IMAGENET_STD, make_datasets, make_transforms
+from pneumonia_cam.steps.model import build_model
+from pneumonia_cam.support.checkpoint import save_checkpoint
+from pneumonia_cam.support.images import BadImageError, ChestXrayFolder, DataError, load_image
 
 SIZE = 32  # network input side for every dataset, run and checkpoint here
 

@@ -11,9 +11,10 @@ from torchvision import transforms as T
 
 from pneumonia_cam import CLASSES
 from pneumonia_cam.cam import main
-from pneumonia_cam.checkpoint import save_checkpoint
-from pneumonia_cam.data import load_image, make_transforms
-from pneumonia_cam.model import build_model
+from pneumonia_cam.steps.data import make_transforms
+from pneumonia_cam.steps.model import build_model
+from pneumonia_cam.support.checkpoint import save_checkpoint
+from pneumonia_cam.support.images import load_image
 
 SIZE = 64  # the checkpoint's image_size: small, so the test is fast; the files are large
 
@@ -71,6 +72,7 @@ def test_folder_with_one_bad_file(tmp_path, checkpoint, xray_dir, capsys):
         p = torch.tensor([float(r["p_normal"]), float(r["p_pneumonia"])])
         assert abs(p.sum().item() - 1) < 1e-5
         assert r["predicted"] == CLASSES[int(p.argmax())] == r["class_shown"]  # --class pred
+        assert r["trained_on"] == "unknown"  # the fixture's config does not say where its data came from
         # exactly the evaluation preprocessing: same probabilities as the pipeline used in testing
         image = load_image(r["file"])
         article_tf = T.Compose(tf.transforms[:-1])  # the same steps without Normalize
@@ -106,3 +108,30 @@ def test_user_errors_are_one_line_exit_2(tmp_path, checkpoint, xray_dir, capsys,
     assert main(args) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error:") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("data_dir, kind", [(None, "phantoms"), ("phantom_set", "phantoms"),
+                                            ("kaggle", "real")])
+def test_checkpoint_says_what_it_was_trained_on(tmp_path, checkpoint, xray_dir, capsys, data_dir, kind):
+    """A model trained on phantoms gets one warning line; predictions.csv names the training data's kind."""
+    _, model = checkpoint
+    if data_dir is not None:  # a folder given as --data-dir: a generated phantom set has phantoms.json
+        (tmp_path / data_dir).mkdir()
+        if data_dir == "phantom_set":
+            (tmp_path / data_dir / "phantoms.json").write_text("{}")
+        data_dir = str(tmp_path / data_dir)
+    ck = tmp_path / "best.pt"
+    save_checkpoint(ck, {"model": model.state_dict(), "classes": list(CLASSES), "metrics": {},
+                         "config": {"arch": "resnet18", "image_size": SIZE, "dilate_layer4": False,
+                                    "data_dir": data_dir}})
+    out = tmp_path / "cams"
+    files = [str(xray_dir / "person1_virus_1.jpeg"), str(xray_dir / "more" / "scan16.png")]
+    assert main([*files, "--checkpoint", str(ck), "--out", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    if kind == "phantoms":
+        assert len(err) == 1 and err[0].startswith("warning:") and "phantoms" in err[0]
+        assert "meaningless" in err[0] and str(ck) in err[0]
+    else:
+        assert err == []
+    rows = read_csv(out / "predictions.csv")
+    assert len(rows) == 2 and all(r["trained_on"] == kind for r in rows)

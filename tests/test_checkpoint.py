@@ -1,4 +1,4 @@
-"""Checkpoints: atomic saves, weights_only loads, clear errors (issue 7, item 2)."""
+"""Checkpoints: atomic saves, weights_only loads, clear errors."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from pneumonia_cam import checkpoint as ck
-from pneumonia_cam.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from pneumonia_cam.fit import capture_rng, restore_rng
-from pneumonia_cam.model import build_model
+from pneumonia_cam.steps.model import build_model
+from pneumonia_cam.support import checkpoint as ck
+from pneumonia_cam.support.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from pneumonia_cam.support.runtime import capture_rng, restore_rng
 
 
 def _payload(arch="resnet18", num_classes=2, dilate=False) -> dict:

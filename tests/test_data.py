@@ -14,16 +14,9 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from pneumonia_cam.data import (
-    BadImageError,
-    ChestXrayFolder,
-    DataError,
-    load_image,
-    make_datasets,
-    make_loaders,
-    patient_id,
-    patient_split,
-)
+from pneumonia_cam.steps.data import make_datasets, make_loaders
+from pneumonia_cam.support.images import BadImageError, ChestXrayFolder, DataError, load_image
+from pneumonia_cam.support.splits import patient_id, patient_split
 
 # Kaggle-style names; several images per patient on purpose (person1 has a virus and a bacteria scan).
 KAGGLE = {
@@ -93,7 +86,9 @@ def test_samples_load_as_rgb_tensors_of_the_requested_size(kaggle):
     assert {k: len(v) for k, v in ds.items()} == {"train": 20, "val": 4, "test": 4}
     for split in ("train", "val", "test"):
         x, y = ds[split][0]
-        assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y in (0, 1)
+        assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+        # samples are sorted by class folder: the first is NORMAL (0), the last PNEUMONIA (1)
+        assert y == 0 and ds[split][len(ds[split]) - 1][1] == 1
 
 
 def test_wrong_class_folders_raise_a_clear_error(tmp_path):

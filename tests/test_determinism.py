@@ -1,7 +1,7 @@
-"""Determinism (issue 7, item 4): the same seed twice on CPU gives identical metrics.json and weights.
+"""Determinism: the same seed twice on CPU gives identical metrics.json and weights.
 
 On GPU this does not hold bit for bit (cuDNN algorithm choice, atomics in some backward kernels); see
-the docstring of ``pneumonia_cam.fit``.
+the docstring of ``pneumonia_cam.steps.fit``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import torch
 
 from pneumonia_cam import train
-from pneumonia_cam.checkpoint import load_checkpoint
+from pneumonia_cam.support.checkpoint import load_checkpoint
 
 
 def _run(args, name, runs):

@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun (issue 8): samplers, gathers, and 2 processes == 1 process."""
+"""Data-parallel training under torchrun: samplers, gathers, and 2 processes == 1 process."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
-from pneumonia_cam import data, distributed, features
-from pneumonia_cam.checkpoint import load_checkpoint
-from pneumonia_cam.model import build_model
+from pneumonia_cam.extensions import feature_cache
+from pneumonia_cam.steps import data
+from pneumonia_cam.steps.model import build_model
+from pneumonia_cam.support import distributed
+from pneumonia_cam.support.checkpoint import load_checkpoint
 
 
 # --------------------------------------------------------------------------------------------------
@@ -80,7 +82,7 @@ def test_without_torchrun_everything_is_a_single_process_no_op(monkeypatch):
 # --------------------------------------------------------------------------------------------------
 _GATHER_SCRIPT = """
 import sys, torch, torch.distributed as dist
-from pneumonia_cam import distributed
+from pneumonia_cam.support import distributed
 distributed.init("cpu")
 rank = distributed.rank()
 x = torch.arange(3 * (rank + 1), dtype=torch.float64).reshape(-1, 3) + 100 * rank  # (r+1, 3)
@@ -92,15 +94,16 @@ bn = torch.nn.BatchNorm1d(2)
 bn.running_mean.fill_(rank + 1.0)
 distributed.broadcast_buffers(bn)
 # the feature cache: each rank extracts half of every split, all ranks get all features
-from pneumonia_cam import data, features
-from pneumonia_cam.model import build_model
+from pneumonia_cam.steps import data
+from pneumonia_cam.extensions import feature_cache
+from pneumonia_cam.steps.model import build_model
 torch.manual_seed(0)
 model = build_model("resnet18", "none", freeze_backbone=True)
 sets = data.make_datasets(sys.argv[2], size=32, augment=False)
-seen, extract = [], features.extract_features
-features.extract_features = lambda m, loader, **kw: seen.append(len(loader.sampler)) or extract(m, loader, **kw)
-feats = features.cache_features(model, sets, batch_size=3, device="cpu", precision="fp32", cache_dir=sys.argv[3])
-again = features.cache_features(model, sets, batch_size=3, device="cpu", precision="fp32", cache_dir=sys.argv[3])
+seen, extract = [], feature_cache.extract_features
+feature_cache.extract_features = lambda m, loader, **kw: seen.append(len(loader.sampler)) or extract(m, loader, **kw)
+feats = feature_cache.cache_features(model, sets, batch_size=3, device="cpu", precision="fp32", cache_dir=sys.argv[3])
+again = feature_cache.cache_features(model, sets, batch_size=3, device="cpu", precision="fp32", cache_dir=sys.argv[3])
 assert all(torch.equal(feats[k].tensors[0], again[k].tensors[0]) for k in feats)
 torch.save({"gathered": gathered, "empty": tuple(empty.shape), "sums": sums, "agree": agree,
             "bn": bn.running_mean.clone(), "world": distributed.world_size(),
@@ -141,7 +144,7 @@ def test_gathers_and_sharded_feature_extraction_across_two_processes(tmp_path, t
     torch.manual_seed(0)
     model = build_model("resnet18", "none", freeze_backbone=True)
     sets = data.make_datasets(tiny_kaggle_root, size=32, augment=False)
-    alone = features.cache_features(model, sets, batch_size=3, device="cpu", precision="fp32")
+    alone = feature_cache.cache_features(model, sets, batch_size=3, device="cpu", precision="fp32")
     for split, ds in alone.items():
         f, y = ds.tensors
         for r in (r0, r1):

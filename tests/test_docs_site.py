@@ -9,14 +9,21 @@ lesson with every outside host unresolvable, and the test drives it over the Chr
   KaTeX fonts loaded from the site;
 * every image loaded (`naturalWidth > 0`);
 * no request left 127.0.0.1, none failed, none got an HTTP error; no script threw;
-* the search (its index and web worker are files of the site) finds a word.
+* the search (its index and web worker are files of the site) finds a word;
+* the layout holds at 1280 px on every page: no formula is wider than its box (KaTeX cannot wrap a
+  display formula: it would be cut off), no table scrolls sideways (hiding columns), no text outside
+  code shows a literal backtick (Markdown left unrendered), no API signature runs off its box;
+* on the API page, each Returns table has one row per returned thing, each with the start of its
+  description: a multi-line Returns entry whose continuation lines are not indented becomes
+  several rows, each a fragment.
 
-It saves full-page screenshots (light palette, and the home page in the dark one) under the pytest
+It saves full-page screenshots (light palette, and the home page in the dark one; the first
+12,000 px of the API page, and the viewport at a few of its functions) under the pytest
 temporary folder, and also under `$PNEUMONIA_CAM_SCREENSHOTS` when that is set, and prints where.
 The browser tests skip only when no Chromium can be found, and fail instead in CI (`CI` set): `.ci/run`
 installs Debian's `chromium`.
 The other tests here need no browser: the strict build itself, no remote asset in the built HTML or
-CSS, the home page's quickstart equal to README.md's, and every test named on the pitfalls page
+CSS, the API page's long signatures formatted (by ruff, through mkdocstrings), the home page's quickstart equal to README.md's, and every test named on the pitfalls page
 existing.
 """
 
@@ -70,7 +77,7 @@ def test_site_builds_strict_with_every_page(site):
     assert not missing, f"pages missing from the built site: {missing}"
     # The lesson pages include real files: the code blocks carry the source file's name as title.
     cam = (site / "lessons/03_cam/index.html").read_text(encoding="utf-8")
-    assert 'class="filename">pneumonia_cam/hook.py<' in cam and ">LayerActivations<" in cam
+    assert 'class="filename">pneumonia_cam/steps/hook.py<' in cam and ">LayerActivations<" in cam
 
 
 _REMOTE_ATTR = re.compile(
@@ -92,6 +99,22 @@ def test_built_site_loads_nothing_from_outside(site):
         for m in _REMOTE_CSS.finditer(path.read_text(encoding="utf-8", errors="replace")):
             offenders.append(f"{path.relative_to(site)}: {m.group(0)}")
     assert not offenders, "remote assets in the built site:\n" + "\n".join(offenders)
+
+
+_SIGNATURE = re.compile(r'<div class="[^"]*\bdoc-signature\b[^"]*"><pre>(.*?)</pre>', re.DOTALL)
+
+
+def test_api_signatures_are_formatted(site):
+    """mkdocstrings formats a long signature one parameter a line only when ruff (or black) is
+    installed (the dev extra has ruff); without it every signature is one line, cut off at the
+    column's edge. So no signature longer than mkdocstrings' line length (60) stays on one line."""
+    import html
+
+    page = (site / "api/index.html").read_text(encoding="utf-8")
+    texts = [html.unescape(re.sub(r"<[^>]+>", "", m)).strip() for m in _SIGNATURE.findall(page)]
+    assert len(texts) >= 50, f"expected the package's signatures, found {len(texts)}"
+    one_line = [t[:70] for t in texts if "\n" not in t and len(t) > 80]
+    assert not one_line, f"signatures left on one line (is ruff installed?): {one_line}"
 
 
 # --- the pages' claims about the repository -------------------------------------------------------
@@ -359,6 +382,15 @@ def _screenshot(tools: DevTools, name: str, dirs: list[Path], full_page: bool = 
     return paths
 
 
+def _screenshot_at(tools: DevTools, element_id: str, name: str, dirs: list[Path]) -> list[Path]:
+    """The viewport with the element `element_id` at its top (below Material's header)."""
+    found = tools.evaluate(f"""(() => {{ const e = document.getElementById({json.dumps(element_id)});
+        if (!e) return false; e.scrollIntoView(); window.scrollBy(0, -60); return true; }})()""")
+    assert found, f"no element #{element_id} on {tools.evaluate('location.href')}"
+    tools.pump(0.4)
+    return _screenshot(tools, name, dirs, full_page=False)
+
+
 def _open(tools: DevTools, url: str) -> dict:
     """Load `url`, wait until it and its math are done, and return what the page did."""
     tools.events.clear()
@@ -380,6 +412,7 @@ def _open(tools: DevTools, url: str) -> dict:
         codeTitles: [...document.querySelectorAll('.filename')].map(e => e.textContent.trim()),
         title: document.title,
     }))()""")
+    report.update(tools.evaluate(_LAYOUT_JS))
     requests = {e["params"]["requestId"]: e["params"]["request"]["url"]
                 for e in tools.events if e["method"] == "Network.requestWillBeSent"}
     failed = [(requests.get(e["params"]["requestId"], "?"), e["params"].get("errorText"))
@@ -395,6 +428,46 @@ def _open(tools: DevTools, url: str) -> dict:
     return report
 
 
+# What a reader would see as broken layout at this width (see the module docstring).
+_LAYOUT_JS = """(() => {
+  const column = document.querySelector('.md-content__inner').getBoundingClientRect();
+  const short = (e) => e.textContent.replace(/\\s+/g, ' ').trim().slice(0, 70);
+  const overflowingMath = [];
+  for (const k of document.querySelectorAll('.arithmatex .katex-html')) {
+    // The box a formula must fit: its display block (which scrolls, cutting the formula off), else
+    // the paragraph, list item or cell it sits in, and never beyond the text column.
+    const box = (k.closest('.katex-display')
+                 || k.closest('p, li, td, th, dd, dt, blockquote, figcaption') || k).getBoundingClientRect();
+    const range = document.createRange();
+    range.selectNodeContents(k);  // the glyphs' extent (.katex-html itself is as wide as its box)
+    const r = range.getBoundingClientRect();
+    const left = Math.max(box.left, column.left), right = Math.min(box.right, column.right);
+    if (r.width > 0 && (r.left < left - 1 || r.right > right + 1))
+      overflowingMath.push(`${short(k)} (${Math.round(r.width)} px in ${Math.round(right - left)} px)`);
+  }
+  const scrollingTables = [...document.querySelectorAll('.md-typeset__scrollwrap, .md-typeset table')]
+    .filter(w => w.scrollWidth > w.clientWidth + 1)
+    .map(w => `${short(w.querySelector('tr') || w)} (${w.scrollWidth} px in ${w.clientWidth} px)`);
+  const backticks = [];
+  const walker = document.createTreeWalker(document.querySelector('.md-content'), NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode())
+    if (n.textContent.includes('`') && !n.parentElement.closest('code, pre, kbd, script, style, textarea'))
+      backticks.push(n.textContent.trim().slice(0, 90));
+  // Material's code block scrolls in its <code>: a signature wider than the box is cut off there.
+  const cutSignatures = [...document.querySelectorAll('.doc-signature pre > code')]
+    .filter(p => p.scrollWidth > p.clientWidth + 1)
+    .map(p => `${short(p).slice(0, 50)} (${p.scrollWidth} px in ${p.clientWidth} px)`);
+  return {overflowingMath, scrollingTables, backticks, cutSignatures};
+})()"""
+
+
+def _check_layout(report: dict):
+    assert not report["overflowingMath"], f"formulas wider than their box at {WIDTH} px: {report['overflowingMath']}"
+    assert not report["scrollingTables"], f"tables that scroll sideways at {WIDTH} px: {report['scrollingTables']}"
+    assert not report["backticks"], f"literal backticks outside code (unrendered Markdown): {report['backticks']}"
+    assert not report["cutSignatures"], f"signatures wider than their box (is ruff installed?): {report['cutSignatures']}"
+
+
 def _check_page(report: dict, min_math: int, min_images: int):
     outside = [u for u in report["requests"]
                if urllib.parse.urlsplit(u).scheme in ("http", "https", "ws", "wss")
@@ -408,12 +481,14 @@ def _check_page(report: dict, min_math: int, min_images: int):
     assert report["rendered_in_time"] and report["mathRendered"] == report["math"], report
     assert not report["katexErrors"], f"KaTeX could not parse: {report['katexErrors']}"
     font_states = dict(report["katexFonts"])
-    assert any(s == "loaded" for s in font_states.values()), f"no KaTeX font loaded: {report['katexFonts']}"
+    if report["math"]:  # a page without math loads no KaTeX font
+        assert any(s == "loaded" for s in font_states.values()), f"no KaTeX font loaded: {report['katexFonts']}"
     assert not [f for f, s in report["katexFonts"] if s == "error"], f"KaTeX fonts failed: {report['katexFonts']}"
     # Images: every one decoded.
     assert len(report["images"]) >= min_images, report["images"]
     broken = [i["src"] for i in report["images"] if not (i["complete"] and i["width"] > 0)]
     assert not broken, f"images that did not load: {broken}"
+    _check_layout(report)
 
 
 def test_home_page_in_browser(browser, base_url, shot_dirs):
@@ -437,6 +512,89 @@ def test_home_page_in_browser(browser, base_url, shot_dirs):
 def test_cam_lesson_in_browser(browser, base_url, shot_dirs):
     report = _open(browser, base_url + "lessons/03_cam/")
     _check_page(report, min_math=1, min_images=0)
-    for name in ("hook.py", "weighted_sum.py", "zoom.py", "overlay.py", "gradcam.py", "localization.py"):
+    for name in ("steps/hook.py", "steps/weighted_sum.py", "steps/zoom.py", "steps/overlay.py",
+                 "extensions/gradcam.py", "extensions/localization.py"):
         assert f"pneumonia_cam/{name}" in report["codeTitles"], f"{name} not included: {report['codeTitles']}"
     _screenshot(browser, "cam_lesson", shot_dirs)
+
+
+# Each Returns (or Yields) table of the API page, as the reader sees it: per row its name, type and
+# the first words of its description.
+_RETURNS_JS = """(() => [...document.querySelectorAll('.doc-section-title')]
+  .filter(t => /^(Returns|Yields)/.test(t.textContent.trim()))
+  .map(t => {
+    const after = t.closest('p').nextElementSibling;
+    const table = after && (after.tagName === 'TABLE' ? after : after.querySelector('table'));
+    const object = t.closest('.doc-object');
+    const heading = object && object.querySelector(':scope > .doc-heading');
+    const where = heading ? heading.id || heading.textContent.trim() : '?';
+    if (!table) return {where, columns: [], rows: []};
+    const columns = [...table.querySelectorAll('thead th')].map(th => th.textContent.trim());
+    const rows = [...table.querySelectorAll('tbody tr')].map(tr =>
+      [...tr.children].map(td => td.textContent.replace(/\\s+/g, ' ').trim().slice(0, 60)));
+    return {where, columns, rows};
+  }))()"""
+
+
+def _returns_problems(tables: list[dict]) -> list[str]:
+    """Rows that are not one returned thing with its description: an empty description; a name that
+    repeats the type (``dict: text`` read as a name); several rows of which one has no name (the
+    continuation lines of one entry, each made a row of its own)."""
+    problems = []
+    for t in tables:
+        if not t["rows"]:
+            problems.append(f"{t['where']}: a Returns section without a table")
+            continue
+        col = {c: i for i, c in enumerate(t["columns"])}
+        desc, name, typ = col.get("Description"), col.get("Name"), col.get("Type")
+        for row in t["rows"]:
+            if desc is None or not row[desc]:
+                problems.append(f"{t['where']}: a row without a description: {row}")
+            if name is not None and typ is not None and row[name] and row[name] == row[typ]:
+                problems.append(f"{t['where']}: the name repeats the type: {row}")
+            if len(t["rows"]) > 1 and (name is None or not row[name]):
+                problems.append(f"{t['where']}: {len(t['rows'])} unnamed rows, a description in pieces: {row}")
+    return problems
+
+
+def test_returns_problems_are_found():
+    """The check above, on the three shapes a broken Returns section renders as."""
+    good = {"where": "f", "columns": ["Name", "Type", "Description"],
+            "rows": [["fpr", "ndarray", "(T + 1,) false-positive rates"], ["tpr", "ndarray", "(T + 1,) true"]]}
+    split = {"where": "g", "columns": ["Type", "Description"],
+             "rows": [["dict", "The state after the last epoch, a dict of"], ["dict", "lr, train_loss, val_acc"]]}
+    type_as_name = {"where": "h", "columns": ["Name", "Type", "Description"], "rows": [["dict", "dict", "The state"]]}
+    empty = {"where": "i", "columns": ["Type", "Description"], "rows": [["dict", ""]]}
+    assert _returns_problems([good, {**good, "rows": good["rows"][:1]}]) == []
+    assert len(_returns_problems([split])) == 2
+    assert len(_returns_problems([type_as_name])) == 1
+    assert len(_returns_problems([empty])) == 1
+
+
+def test_api_page_in_browser(browser, base_url, shot_dirs):
+    report = _open(browser, base_url + "api/")
+    _check_page(report, min_math=3, min_images=0)
+    tables = browser.evaluate(_RETURNS_JS)
+    assert len(tables) >= 20, f"expected the package's Returns sections, found {len(tables)}"
+    problems = _returns_problems(tables)
+    assert not problems, "Returns tables that are not one row per returned thing:\n" + "\n".join(problems)
+    _screenshot(browser, "api", shot_dirs)  # its first MAX_SHOT_HEIGHT px
+    for element_id, name in [("pneumonia_cam.steps.fit.fit", "api_fit"),
+                             ("pneumonia_cam.steps.metrics.roc_curve", "api_roc_curve"),
+                             ("pneumonia_cam.support.phantoms", "api_phantoms")]:
+        _screenshot_at(browser, element_id, name, shot_dirs)
+
+
+def test_every_other_page_in_browser(site, browser, base_url):
+    """The pages not opened above: everything loads, and the layout checks hold at 1280 px."""
+    opened = {"", "lessons/03_cam/", "api/"}
+    pages = sorted(p.parent.relative_to(site).as_posix() + "/" for p in site.rglob("index.html"))
+    pages = [p.removeprefix("./") for p in pages if p.removeprefix("./") not in opened]
+    assert len(pages) >= 6, pages
+    failures = []
+    for page in pages:
+        try:
+            _check_page(_open(browser, base_url + page), min_math=0, min_images=0)
+        except AssertionError as e:
+            failures.append(f"{page}: {str(e).splitlines()[0]}")
+    assert not failures, "\n".join(failures)

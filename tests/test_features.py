@@ -1,4 +1,4 @@
-"""The feature cache (pneumonia_cam.features): training the head on cached backbone features is the
+"""The feature cache (pneumonia_cam.extensions.feature_cache): training the head on cached backbone features is the
 same computation as the article's on-the-fly loop with a frozen backbone and no augmentation.
 
 Tiny setup: the 64 px phantom set of tests/conftest.py (train 16, val 8, test 8) read at 32 px, a
@@ -16,17 +16,18 @@ import shutil
 import pytest
 import torch
 
-from pneumonia_cam import data, train
-from pneumonia_cam.checkpoint import load_model
-from pneumonia_cam.features import (
+from pneumonia_cam import train
+from pneumonia_cam.extensions.feature_cache import (
     AugmentedViews,
     backbone_features,
     cache_features,
     feature_loaders,
     fit_cached,
 )
-from pneumonia_cam.fit import evaluate, fit
-from pneumonia_cam.model import build_model
+from pneumonia_cam.steps import data
+from pneumonia_cam.steps.fit import FitConfig, evaluate, fit
+from pneumonia_cam.steps.model import build_model
+from pneumonia_cam.support.checkpoint import load_model
 
 SIZE, BATCH, EPOCHS = 32, 4, 3
 
@@ -65,12 +66,12 @@ def test_cached_training_equals_on_the_fly_training(datasets, frozen_model):
     head, initial = cached.fc, cached.fc[0].weight.detach().clone()
 
     loaders = data.make_loaders(datasets, BATCH, num_workers=0, seed=0)
-    state_a = fit(on_the_fly, loaders, epochs=EPOCHS, step_size=2, device="cpu", precision="fp32")
+    state_a = fit(on_the_fly, loaders, FitConfig(epochs=EPOCHS, step_size=2, device="cpu", precision="fp32"))
 
     sets = cache_features(cached, datasets, device="cpu", precision="fp32", channels_last=False)
     assert set(sets) == {"train", "val", "test"} and sets["train"].tensors[0].shape == (16, 512)
     floaders = feature_loaders(sets, BATCH, seed=0)
-    state_b = fit_cached(cached, floaders, epochs=EPOCHS, step_size=2, device="cpu")
+    state_b = fit_cached(cached, floaders, FitConfig(epochs=EPOCHS, step_size=2, device="cpu"))
 
     # The trained head is the model's own fc: the CAM reads its weights from cached.fc[0].
     assert cached.fc is head
@@ -125,7 +126,7 @@ def test_trainable_backbone_is_refused(datasets):
     with pytest.raises(ValueError, match="frozen backbone"):
         cache_features(model, datasets, device="cpu", precision="fp32")
     with pytest.raises(ValueError, match="frozen backbone"):
-        fit_cached(model, {}, epochs=1)
+        fit_cached(model, {}, FitConfig(epochs=1))
 
 
 def test_disk_cache_is_reused_and_invalidated_by_weights_and_files(tmp_path, tiny_kaggle_root, frozen_model):
@@ -178,11 +179,11 @@ def test_fit_cached_resumes_from_a_whole_model_state(datasets, frozen_model):
     start = copy.deepcopy(frozen_model)
     saved: list[dict] = []
     torch.manual_seed(1)
-    full = fit_cached(frozen_model, feature_loaders(sets, BATCH), epochs=2, device="cpu",
+    full = fit_cached(frozen_model, feature_loaders(sets, BATCH), FitConfig(epochs=2, device="cpu"),
                       on_epoch_end=lambda s: saved.append(copy.deepcopy(s)))
     assert "layer1.0.conv1.weight" in saved[0]["model"]  # whole-model states reach the callback
     torch.manual_seed(1)
-    resumed = fit_cached(start, feature_loaders(sets, BATCH), epochs=2, device="cpu", resume=saved[0])
+    resumed = fit_cached(start, feature_loaders(sets, BATCH), FitConfig(epochs=2, device="cpu"), resume=saved[0])
     torch.testing.assert_close(resumed["model"]["fc.0.weight"], full["model"]["fc.0.weight"], rtol=0, atol=0)
     assert resumed["history"] == full["history"]
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pneumonia_cam.metrics import (
+from pneumonia_cam.steps.metrics import (
     binary_metrics,
     confusion_matrix,
     rankdata,
@@ -49,6 +49,15 @@ def test_auc_extremes_and_undefined():
 
 def test_rankdata_averages_ties():
     assert rankdata([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
+
+
+def test_roc_curve_hand_computed():
+    # Scores (pos 0.8, 0.4; neg 0.1, 0.4), "positive" means score >= threshold. Thresholds high to low:
+    # inf: none (0, 0); 0.8: one positive (fpr 0, tpr 1/2); 0.4: both positives and the tied negative
+    # (1/2, 1); 0.1: everything (1, 1).
+    fpr, tpr, thr = roc_curve([1, 1, 0, 0], [0.8, 0.4, 0.1, 0.4])
+    assert fpr.tolist() == [0, 0, 0.5, 1] and tpr.tolist() == [0, 0.5, 1, 1]
+    assert thr.tolist() == [np.inf, 0.8, 0.4, 0.1]
 
 
 def test_roc_curve_area_equals_auc():

@@ -1,4 +1,4 @@
-"""Plots (``pneumonia_cam.overlay``): the X-ray is gray and un-normalized, the map is jet on top,
+"""Plots (``pneumonia_cam.steps.overlay``): the X-ray is gray and un-normalized, the map is jet on top,
 the contour and the colorbar are there, and the grid says what was predicted."""
 
 import numpy as np
@@ -11,7 +11,9 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
-from pneumonia_cam import overlay
+from pneumonia_cam.steps import overlay
+from pneumonia_cam.steps.hook import LayerActivations
+from pneumonia_cam.steps.weighted_sum import class_activation_map
 
 
 @pytest.fixture
@@ -28,10 +30,23 @@ def normalized(gray: np.ndarray) -> torch.Tensor:
     return T.Normalize(overlay.IMAGENET_MEAN, overlay.IMAGENET_STD)(x)
 
 
-def test_imagenet_constants_match_the_data_module():
-    data = pytest.importorskip("pneumonia_cam.data")
-    assert tuple(overlay.IMAGENET_MEAN) == tuple(data.IMAGENET_MEAN)
-    assert tuple(overlay.IMAGENET_STD) == tuple(data.IMAGENET_STD)
+def test_to_gray_gives_back_the_xray_the_eval_pipeline_was_fed():
+    """File -> ``make_transforms()["test"]`` -> :func:`overlay.to_gray` returns the file's gray levels
+    / 255: the overlay un-normalizes with exactly the statistics the data step normalized with."""
+    from pneumonia_cam.steps.data import make_transforms
+
+    gray = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
+    x = make_transforms(32)["test"](Image.fromarray(gray, "L").convert("RGB"))  # (3, 32, 32), normalized
+    np.testing.assert_allclose(overlay.to_gray(x), gray / 255, rtol=0, atol=1e-6)
+
+
+def test_denormalize_by_hand():
+    """x = x_hat * sigma + mu with the article's ImageNet statistics: x_hat = 0 gives the mean,
+    x_hat = 1 the mean plus one std, per channel."""
+    xn = torch.stack([torch.zeros(3, 1, 1), torch.ones(3, 1, 1)])  # (2, 3, 1, 1)
+    out = overlay.denormalize(xn).flatten(1)  # (2, 3)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(out, torch.stack([mean, mean + std]), rtol=0, atol=1e-7)
 
 
 def test_denormalize_inverts_normalize_batched():
@@ -84,10 +99,16 @@ def test_ground_truth_contour_is_drawn():
 
 
 def test_save_overlay_writes_png_with_colorbar(tmp_path):
+    # A map that is 0 everywhere tints the X-ray blue only: any jet red in the file is the colorbar's.
     path = overlay.save_overlay(tmp_path / "sub" / "a.png", normalized(np.full((64, 64), 0.5)),
-                                torch.rand(2, 2), title="x")
+                                torch.zeros(2, 2), title="x")
     with Image.open(path) as im:
-        assert im.format == "PNG" and im.width > 100
+        assert im.format == "PNG"
+        px = np.asarray(im.convert("RGB")).astype(int)  # (H, W, 3)
+    red = px[..., 0] - px[..., 2] > 60  # jet's top (value 1), at the heat layer's alpha: the colorbar
+    blue = px[..., 2] - px[..., 0] > 40  # value 0: the whole overlay and the bar's bottom
+    assert red.sum() > 100 and blue.sum() > 10_000
+    assert np.nonzero(red)[1].min() > np.nonzero(blue)[1].min() + 100  # the bar is right of the image
 
 
 def test_plot_cam_grid_titles_and_colorbar():
@@ -102,12 +123,23 @@ def test_plot_cam_grid_titles_and_colorbar():
 
 @pytest.mark.parametrize("method", ["cam", "gradcam"])
 def test_cam_grid_from_a_model(tmp_path, resnet18_64px, method):
+    """The grid shows each image's predicted-class CAM: the same pixels as plot_cam_grid fed with maps
+    computed here from the hooked features (Grad-CAM on the logit is CAM / (h w): the same picture)."""
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     masks = [np.zeros((64, 64), bool)] * 3
     out = overlay.cam_grid(resnet18_64px, x, tmp_path / "cam_grid.png", masks=masks, method=method,
-                           titles=["a", "b", "c"])
-    assert out.name == "cam_grid.png" and out.stat().st_size > 1000
+                           titles=["a", "b", "c"], dpi=100)
+    assert out.name == "cam_grid.png"
     assert len(resnet18_64px.layer4._forward_hooks) == 0
+    with torch.no_grad(), LayerActivations(resnet18_64px.layer4) as acts:
+        log_probs = resnet18_64px(x)  # (3, 2)
+    cams = class_activation_map(acts.features, resnet18_64px.fc[0].weight, log_probs.argmax(1))  # (3, 2, 2)
+    fig = overlay.plot_cam_grid(x, cams, log_probs.exp(), masks, titles=["a", "b", "c"])
+    fig.savefig(tmp_path / "reference.png", dpi=100, bbox_inches="tight")
+    with Image.open(out) as a, Image.open(tmp_path / "reference.png") as b:
+        got, ref = np.asarray(a.convert("RGB")).astype(int), np.asarray(b.convert("RGB")).astype(int)
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).mean() < 0.5  # the other class's map, for comparison, differs by ~39
 
 
 def test_cam_grid_bad_method(tmp_path, resnet18_64px):

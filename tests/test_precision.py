@@ -27,14 +27,17 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from pneumonia_cam import data, fit
-from pneumonia_cam.features import cache_features, extract_features, feature_loaders, fit_cached
-from pneumonia_cam.hook import LayerActivations
-from pneumonia_cam.model import build_model
-from pneumonia_cam.data import draft_jpeg, load_image, make_transforms
-from pneumonia_cam.phantoms import PhantomConfig, generate, image_rng, render_phantom
-from pneumonia_cam.weighted_sum import class_activation_map
-from pneumonia_cam.zoom import upsample
+from pneumonia_cam.extensions.feature_cache import cache_features, extract_features, feature_loaders, fit_cached
+from pneumonia_cam.steps.fit import FitConfig
+from pneumonia_cam.steps import data
+from pneumonia_cam.support import runtime
+from pneumonia_cam.steps.data import make_transforms
+from pneumonia_cam.steps.hook import LayerActivations
+from pneumonia_cam.steps.model import build_model
+from pneumonia_cam.steps.weighted_sum import class_activation_map
+from pneumonia_cam.steps.zoom import upsample
+from pneumonia_cam.support.images import draft_jpeg, load_image
+from pneumonia_cam.support.phantoms import PhantomConfig, generate, image_rng, render_phantom
 
 SIZE = 128  # 4x4 layer4 grid: a map with some spatial structure, still cheap
 
@@ -51,8 +54,8 @@ def trained(tmp_path_factory):
     model = build_model("resnet18", weights="none", freeze_backbone=True)
     sets = cache_features(model, ds, device="cpu", precision="fp32", channels_last=False)
     # Selected on the batch itself ("val" = train): the head that fits these images best.
-    fit_cached(model, feature_loaders({"train": sets["train"], "val": sets["train"]}, 16), epochs=60, lr=3e-2,
-               step_size=1000, device="cpu")
+    fit_cached(model, feature_loaders({"train": sets["train"], "val": sets["train"]}, 16),
+               FitConfig(epochs=60, lr=3e-2, step_size=1000, device="cpu"))
     x = torch.stack([ds["train"][i][0] for i in range(len(ds["train"]))])  # (128, 3, 128, 128)
     return model.eval(), x, sets["train"].tensors[1]
 
@@ -65,7 +68,7 @@ def _run(model: torch.nn.Module, x: torch.Tensor, device: str, precision: str, c
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), LayerActivations(model.layer4) as acts, \
-            fit.autocast(torch.device(device), precision):
+            runtime.autocast(torch.device(device), precision):
         log_p = model(x)  # (B, 3, H, W) -> (B, C)
     out = log_p.float().cpu(), acts.features.float().cpu()
     model.to("cpu", memory_format=torch.contiguous_format)  # leave the shared fixture as it was
@@ -133,15 +136,15 @@ def test_bf16_cached_features_give_the_same_decisions(trained):
 
 def test_auto_precision_uses_bf16_only_where_the_cpu_supports_it(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(fit, "cpu_supports_bf16", lambda: False)
-    assert fit.resolve_precision("auto", cpu) == "fp32"  # the fallback
-    monkeypatch.setattr(fit, "cpu_supports_bf16", lambda: True)
-    assert fit.resolve_precision("auto", cpu) == "bf16"
-    assert fit.resolve_precision("fp32", cpu) == "fp32"  # an explicit choice is kept
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: False)
+    assert runtime.resolve_precision("auto", cpu) == "fp32"  # the fallback
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    assert runtime.resolve_precision("auto", cpu) == "bf16"
+    assert runtime.resolve_precision("fp32", cpu) == "fp32"  # an explicit choice is kept
 
 
 # --------------------------------------------------------------------------------------------------
-# The fast decode path: reduced-scale JPEG decoding (data.draft_jpeg) vs the full decode
+# The fast decode path: reduced-scale JPEG decoding (images.draft_jpeg) vs the full decode
 # --------------------------------------------------------------------------------------------------
 def _phantom_jpeg(path, w: int, h: int) -> None:
     """A phantom scaled to w x h with film grain, saved as a grayscale JPEG of quality 90."""
@@ -185,7 +188,9 @@ def test_draft_decode_gives_nearly_the_same_network_input(tmp_path, split):
     assert d.mean() <= 0.01 and d.flatten().quantile(0.999) <= 0.15
 
 
-def test_datasets_decode_at_reduced_scale(tiny_kaggle_root):
+def test_datasets_decode_at_reduced_scale(tiny_kaggle_root, tmp_path):
+    """The datasets' loader decodes a 512 px JPEG at 1/8 (64 px, still >= the 32 px input)."""
+    Image.new("L", (512, 512), 128).save(tmp_path / "big.jpeg")
     ds = data.make_datasets(tiny_kaggle_root, size=32)
     for split in ("train", "val", "test"):
-        assert ds[split].loader.keywords == {"draft_size": 32}
+        assert ds[split].loader(str(tmp_path / "big.jpeg")).size == (64, 64), split

@@ -1,4 +1,4 @@
-"""Resume (issue 7, item 3): SIGKILL in the middle of an epoch, ``--resume``, same result as no kill."""
+"""Resume: SIGKILL in the middle of an epoch, ``--resume``, same result as no kill."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pneumonia_cam import train
-from pneumonia_cam.checkpoint import load_checkpoint
+from pneumonia_cam.support.checkpoint import load_checkpoint
 
 
 def _without_timing(path) -> dict:

@@ -1,4 +1,4 @@
-"""``python -m pneumonia_cam.train``: artifacts, --help, misuse exit codes, offline weights (issues 3, 7)."""
+"""``python -m pneumonia_cam.train``: artifacts, --help, misuse exit codes, offline weights."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from pneumonia_cam import train
-from pneumonia_cam.checkpoint import load_checkpoint, load_model
-from pneumonia_cam.config import PRESETS, TrainConfig
+from pneumonia_cam.support.checkpoint import load_checkpoint, load_model
+from pneumonia_cam.support.config import PRESETS, TrainConfig
 
 
 def _error_line(capsys) -> str:

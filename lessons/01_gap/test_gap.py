@@ -10,20 +10,25 @@ import torch
 import torchvision
 from torch import nn
 
-from pneumonia_cam.gap import dense_head_params, gap_head_params, global_average_pool
-from pneumonia_cam.model import build_model
+from pneumonia_cam.exercises import exercise_impl
+from pneumonia_cam.steps.model import build_model
+
+# The functions under test: the package's, or yours with `--student` (lessons/01_gap/exercises.py).
+ex = exercise_impl("01_gap")
 
 
+@pytest.mark.exercise("global_average_pool")
 def test_gap_by_hand_on_a_2x2_map():
     # Two channels on a 2x2 grid: the means are (1+2+3+4)/4 = 2.5 and (0+0+0+8)/4 = 2.
     x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 0.0], [0.0, 8.0]]]])  # (1, 2, 2, 2)
-    assert global_average_pool(x).tolist() == [[2.5, 2.0]]
+    assert ex.global_average_pool(x).tolist() == [[2.5, 2.0]]
 
 
+@pytest.mark.exercise("global_average_pool")
 def test_gap_equals_adaptive_avg_pool_and_mean_float64():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, 7, 7, generator=g, dtype=torch.float64)  # (B, K, h, w)
-    ours = global_average_pool(x)  # (B, K)
+    ours = ex.global_average_pool(x)  # (B, K)
     pool = nn.AdaptiveAvgPool2d(1)(x).flatten(1)  # (B, K, 1, 1) -> (B, K)
     by_definition = x.sum(dim=(2, 3)) / (7 * 7)
     assert ours.shape == (3, 5)
@@ -32,11 +37,13 @@ def test_gap_equals_adaptive_avg_pool_and_mean_float64():
     torch.testing.assert_close(ours, by_definition, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.exercise("global_average_pool")
 def test_gap_rejects_non_4d_input():
     with pytest.raises(ValueError, match="B, K, h, w"):
-        global_average_pool(torch.zeros(2, 3))
+        ex.global_average_pool(torch.zeros(2, 3))
 
 
+@pytest.mark.exercise("global_average_pool")
 def test_resnet_avgpool_is_gap(tiny_resnet):
     """torchvision's ResNet ends layer4 -> avgpool -> flatten -> fc: avgpool is exactly GAP."""
     model = tiny_resnet.double()
@@ -50,14 +57,15 @@ def test_resnet_avgpool_is_gap(tiny_resnet):
     a = feats["A"]
     assert a.shape == (2, 512, 3, 3)  # (B, 512, 3, 3) at 96 px
     # Recompute the head from the hooked features with our GAP: identical log-probabilities.
-    by_hand = model.fc(global_average_pool(a))  # (B, K) -> (B, 2)
+    by_hand = model.fc(ex.global_average_pool(a))  # (B, K) -> (B, 2)
     torch.testing.assert_close(log_p, by_hand, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.exercise("dense_head_params", "gap_head_params")
 def test_head_parameter_counts_dense_vs_gap():
     # ResNet-50/101/152 at 224 px: layer4 is 2048 x 7 x 7; two classes.
-    dense = dense_head_params(2048, 7, 7, 2)
-    gap = gap_head_params(2048, 2)
+    dense = ex.dense_head_params(2048, 7, 7, 2)
+    gap = ex.gap_head_params(2048, 2)
     assert dense == 2 * 2048 * 49 + 2 == 200_706
     assert gap == 2 * 2048 + 2 == 4_098
     assert (dense - 2) == 49 * (gap - 2)  # the weights shrink by h*w = 49

@@ -12,14 +12,21 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from pneumonia_cam.data import IMAGENET_MEAN, IMAGENET_STD, load_image, make_datasets, make_transforms
-from pneumonia_cam.phantoms import PhantomConfig, generate
+from pneumonia_cam.exercises import exercise_impl
+from pneumonia_cam.steps.data import make_datasets
+from pneumonia_cam.support.images import load_image
+from pneumonia_cam.support.phantoms import PhantomConfig, generate
 
 SIZE = 32
+# The function under test: the package's, or yours with `--student` (lessons/02_transfer_learning/exercises.py).
+ex = exercise_impl("02_transfer_learning")
+# The article's Normalize, written out: the reference the pipelines are checked against.
+ARTICLE_MEAN, ARTICLE_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+@pytest.mark.exercise("make_transforms")
 def test_the_three_pipelines_are_the_articles():
-    tf = make_transforms(224)
+    tf = ex.make_transforms(224)
     assert set(tf) == {"train", "val", "test"}
     train = tf["train"].transforms
     assert [type(t) for t in train] == [transforms.Resize, transforms.RandomRotation,
@@ -31,28 +38,35 @@ def test_the_three_pipelines_are_the_articles():
         assert [type(t) for t in ev] == [transforms.Resize, transforms.CenterCrop, transforms.ToTensor,
                                          transforms.Normalize]
         assert ev[0].size == 224 and ev[1].size == (224, 224)  # an int: shorter side to 224
-    assert IMAGENET_MEAN == (0.485, 0.456, 0.406) and IMAGENET_STD == (0.229, 0.224, 0.225)
-    assert list(tf["train"].transforms[-1].mean) == list(IMAGENET_MEAN)
+    for split in ("train", "val", "test"):
+        norm = tf[split].transforms[-1]
+        assert tuple(norm.mean) == ARTICLE_MEAN and tuple(norm.std) == ARTICLE_STD, split
 
 
 @pytest.mark.parametrize("w, h", [(64, 64), (80, 48), (40, 100)])
+@pytest.mark.exercise("make_transforms")
 def test_every_pipeline_outputs_3_by_size_by_size(w, h):
     img = Image.new("RGB", (w, h), (90, 90, 90))
-    for split, tf in make_transforms(SIZE).items():
+    for split, tf in ex.make_transforms(SIZE).items():
         x = tf(img)
         assert x.shape == (3, SIZE, SIZE) and x.dtype == torch.float32, split  # (3, H, W)
 
 
+@pytest.mark.exercise("make_transforms")
 def test_normalize_maps_a_constant_image_to_its_per_channel_z_score():
-    # ToTensor divides by 255; Normalize subtracts the ImageNet mean and divides by the std, per channel.
+    # ToTensor divides by 255; Normalize subtracts the ImageNet mean and divides by the std, per channel:
+    # 128 / 255 = 0.50196 -> (0.50196 - 0.485) / 0.229 = 0.0741, then 0.2052, 0.4265.
     v = 128
-    x = make_transforms(SIZE)["test"](Image.new("RGB", (48, 48), (v, v, v)))  # (3, H, W)
-    expected = (v / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)  # (3,)
+    x = ex.make_transforms(SIZE)["test"](Image.new("RGB", (48, 48), (v, v, v)))  # (3, H, W)
+    expected = torch.tensor([0.0741, 0.2052, 0.4265])  # (3,), by hand as above
+    torch.testing.assert_close(x.mean((1, 2)), expected, rtol=0, atol=1e-4)
+    expected = (v / 255 - torch.tensor(ARTICLE_MEAN)) / torch.tensor(ARTICLE_STD)  # the same, unrounded
     torch.testing.assert_close(x.mean((1, 2)), expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(x.std((1, 2)), torch.zeros(3), rtol=0, atol=1e-6)
 
 
 def test_center_crop_after_resize_is_a_no_op_on_square_images_only():
+    """Library behaviour (torchvision), the reason the article's two pipelines frame images differently."""
     rng = np.random.default_rng(0)
     square = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     resize = transforms.Resize(SIZE)
@@ -68,6 +82,7 @@ def test_center_crop_after_resize_is_a_no_op_on_square_images_only():
     assert not np.array_equal(np.asarray(squash), np.asarray(transforms.CenterCrop(SIZE)(resize(wide))))
 
 
+@pytest.mark.exercise("make_transforms")
 def test_grayscale_becomes_three_identical_channels(tmp_path):
     gray = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 40), dtype=np.uint8), "L")
     gray.save(tmp_path / "x.png")
@@ -76,8 +91,8 @@ def test_grayscale_becomes_three_identical_channels(tmp_path):
     assert np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])
     assert np.array_equal(rgb[..., 0], np.asarray(gray))
     # After Normalize the channels differ only by the per-channel mean/std: undo it and they agree.
-    x = make_transforms(SIZE)["test"](load_image(tmp_path / "x.png"))  # (3, H, W)
-    raw = x * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+    x = ex.make_transforms(SIZE)["test"](load_image(tmp_path / "x.png"))  # (3, H, W)
+    raw = x * torch.tensor(ARTICLE_STD)[:, None, None] + torch.tensor(ARTICLE_MEAN)[:, None, None]
     torch.testing.assert_close(raw[0], raw[1], rtol=0, atol=1e-6)
     torch.testing.assert_close(raw[1], raw[2], rtol=0, atol=1e-6)
 

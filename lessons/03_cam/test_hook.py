@@ -1,12 +1,16 @@
-"""Lesson 03, step 1: the forward hook (``pneumonia_cam.hook``) and the article's hook bug."""
+"""Lesson 03, step 1: the forward hook (``pneumonia_cam.steps.hook``) and the article's hook bug."""
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 
-from pneumonia_cam.hook import LayerActivations
-from pneumonia_cam.weighted_sum import article_cam_numpy, article_layout
+from pneumonia_cam.exercises import exercise_impl
+from pneumonia_cam.steps.hook import LayerActivations
+from pneumonia_cam.steps.weighted_sum import article_cam_numpy, article_layout
+
+# The functions under test: the package's, or yours with `--student` (lessons/03_cam/exercises.py).
+ex = exercise_impl("03_cam")
 
 
 class ArticleLayerActivations:
@@ -36,20 +40,22 @@ def article_hook_class():
     ArticleLayerActivations.features.clear()
 
 
+@pytest.mark.exercise("LayerActivations")
 def test_hook_output_shape_resnet152_at_224():
     """The article's model: ResNet-152's layer4 gives (B, 2048, 7, 7) at 224 px (224 / 32 = 7)."""
     model = torchvision.models.resnet152(weights=None).eval()
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), LayerActivations(model.layer4) as acts:
+    with torch.no_grad(), ex.LayerActivations(model.layer4) as acts:
         model(x)
     assert acts.features.shape == (1, 2048, 7, 7)
     assert torch.isfinite(acts.features).all()
 
 
+@pytest.mark.exercise("LayerActivations")
 def test_exactly_one_handle_while_active_and_none_after(cam_cnn):
     layer = cam_cnn.layer4
     assert len(layer._forward_hooks) == 0
-    with LayerActivations(layer) as acts:
+    with ex.LayerActivations(layer) as acts:
         assert len(layer._forward_hooks) == 1
         with acts:  # entering again does not register a second hook
             assert len(layer._forward_hooks) == 1
@@ -59,29 +65,32 @@ def test_exactly_one_handle_while_active_and_none_after(cam_cnn):
     assert len(layer._forward_hooks) == 0
 
 
+@pytest.mark.exercise("LayerActivations")
 def test_hook_removed_even_when_the_forward_pass_fails(cam_cnn):
-    with pytest.raises(RuntimeError):
-        with LayerActivations(cam_cnn.layer4):
+    acts = ex.LayerActivations(cam_cnn.layer4)
+    with pytest.raises(RuntimeError, match="channels"):  # conv2d's error
+        with acts:
             cam_cnn(torch.zeros(1, 5, 16, 16))  # wrong number of channels
     assert len(cam_cnn.layer4._forward_hooks) == 0
 
 
+@pytest.mark.exercise("LayerActivations")
 def test_features_are_per_instance_replaced_and_detached(cam_cnn):
     for p in cam_cnn.parameters():
         p.requires_grad_(True)  # even when autograd records, the stored copy carries no graph
     x1, x2 = torch.randn(2, 2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    with LayerActivations(cam_cnn.layer4) as a, LayerActivations(cam_cnn.layer4) as b:
+    with ex.LayerActivations(cam_cnn.layer4) as a, ex.LayerActivations(cam_cnn.layer4) as b:
         cam_cnn(x1)
         first = a.features
         cam_cnn(x2)
     assert "features" in vars(a) and "features" in vars(b)  # stored on each instance...
-    assert not hasattr(LayerActivations, "features")  # ...and nothing on the class
+    assert not hasattr(ex.LayerActivations, "features")  # ...and nothing on the class
     torch.testing.assert_close(a.features, b.features)  # both saw the same pass
     assert a.features.shape == (2, 8, 4, 4)  # replaced by the second pass, not appended
     torch.testing.assert_close(a.features, cam_cnn.layer4(x2).detach())
     assert not torch.equal(first, a.features)
     assert a.features.grad_fn is None and not a.features.requires_grad
-    c = LayerActivations(cam_cnn.layer4)
+    c = ex.LayerActivations(cam_cnn.layer4)
     assert c.features is None  # a new instance starts empty
     c.remove()
 

@@ -20,6 +20,7 @@ from typing import Callable
 import pytest
 import torch
 
+
 def _sync(device: str | torch.device) -> None:
     """Wait for queued GPU work, so that a wall-clock interval covers the kernels it launched."""
     if torch.device(device).type == "cuda":
@@ -28,7 +29,7 @@ def _sync(device: str | torch.device) -> None:
 
 @pytest.fixture(autouse=True)
 def _bench_threads(request):
-    """Timed runs use every core, as a real run would (tests/conftest.py pins one thread for the
+    """Timed runs use every core, as a real run would (the root conftest.py pins one thread for the
     suite's tiny tests), or ``$PNEUMONIA_CAM_BENCH_THREADS`` threads. On a machine other processes
     keep busy, 1 is often faster: an OpenMP team waits at every barrier for its descheduled member
     (docs/benchmarks.md shows both). Untimed runs keep one thread. Each benchmark records its

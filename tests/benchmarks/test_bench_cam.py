@@ -27,12 +27,12 @@ import numpy as np
 import pytest
 import torch
 
-from pneumonia_cam.fit import autocast, resolve_precision
-from pneumonia_cam.gradcam import grad_cam
-from pneumonia_cam.hook import LayerActivations
-from pneumonia_cam.model import build_model
-from pneumonia_cam.weighted_sum import article_cam_numpy, article_layout, class_activation_map, normalize_cam
-from pneumonia_cam.zoom import upsample, zoom_article
+from pneumonia_cam.extensions.gradcam import grad_cam
+from pneumonia_cam.steps.hook import LayerActivations
+from pneumonia_cam.steps.model import build_model
+from pneumonia_cam.steps.weighted_sum import article_cam_numpy, article_layout, class_activation_map, normalize_cam
+from pneumonia_cam.steps.zoom import upsample, zoom_article
+from pneumonia_cam.support.runtime import autocast, resolve_precision
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]

@@ -1,7 +1,7 @@
 """Decoding a large chest X-ray JPEG: full decode vs reduced-scale (draft) decode.
 
 Tutorial section: *Load and preprocess our data*. Kaggle scans reach ~2,900 px a side and are
-shrunk to 224 px right after decoding. :func:`pneumonia_cam.data.draft_jpeg` lets libjpeg decode
+shrunk to 224 px right after decoding. :func:`pneumonia_cam.support.images.draft_jpeg` lets libjpeg decode
 at 1/8 scale directly (the largest power-of-two reduction that keeps both sides >= 224), so the
 inverse DCT, the RGB conversion and the resize touch 64x fewer pixels; the entropy decoding of the
 file is the same work either way.
@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumonia_cam.data import load_image, make_transforms
-from pneumonia_cam.phantoms import image_rng, render_phantom
+from pneumonia_cam.steps.data import make_transforms
+from pneumonia_cam.support.images import load_image
+from pneumonia_cam.support.phantoms import image_rng, render_phantom
 
 
 @pytest.fixture(scope="module")

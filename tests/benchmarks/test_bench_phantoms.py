@@ -16,8 +16,8 @@ from __future__ import annotations
 import itertools
 import time
 
-from pneumonia_cam import phantoms
-from pneumonia_cam.phantoms import image_rng, render_phantom
+from pneumonia_cam.support import phantoms
+from pneumonia_cam.support.phantoms import image_rng, render_phantom
 
 BATCH = 25
 

@@ -20,8 +20,9 @@ import time
 import pytest
 import torch
 
-from pneumonia_cam.fit import autocast, make_adam
-from pneumonia_cam.model import build_model
+from pneumonia_cam.steps.fit import make_adam
+from pneumonia_cam.steps.model import build_model
+from pneumonia_cam.support.runtime import autocast
 
 CASES = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16_channels_last": ("bf16", True)}
 

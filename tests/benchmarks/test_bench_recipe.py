@@ -2,12 +2,12 @@
 
 Tutorial section: *Transfer learning* and *Training*. Both runs train the 4,098-parameter head of a
 frozen ResNet-152 at 224 px on the same phantom images (24 train, 8 val, 256 px PNGs) for the same
-10 epochs -- the article's schedule -- with the same :func:`pneumonia_cam.fit.fit` loop:
+10 epochs -- the article's schedule -- with the same :func:`pneumonia_cam.steps.fit.fit` loop:
 
 * **article**: fp32, contiguous layout, the article's augmenting train transforms, every image sent
   through the whole backbone in every epoch (train *and* the per-epoch validation);
 * **ours**: the backbone's pooled features of train and val computed once
-  (:func:`pneumonia_cam.features.cache_features`: bf16 autocast where supported, channels_last,
+  (:func:`pneumonia_cam.extensions.feature_cache.cache_features`: bf16 autocast where supported, channels_last,
   inference_mode, eval transforms), then the head trained on them (``fit_cached``).
 
 Cost model, with $N$ images, $E$ epochs, $t_{32}$ / $t_{16}$ a forward pass per image in fp32 / bf16
@@ -39,11 +39,12 @@ import time
 import pytest
 import torch
 
-from pneumonia_cam import data
-from pneumonia_cam.features import cache_features, feature_loaders, fit_cached
-from pneumonia_cam.fit import fit, resolve_precision
-from pneumonia_cam.model import build_model
-from pneumonia_cam.phantoms import PhantomConfig, generate
+from pneumonia_cam.extensions.feature_cache import cache_features, feature_loaders, fit_cached
+from pneumonia_cam.steps import data
+from pneumonia_cam.steps.fit import FitConfig, fit
+from pneumonia_cam.steps.model import build_model
+from pneumonia_cam.support.phantoms import PhantomConfig, generate
+from pneumonia_cam.support.runtime import resolve_precision
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
@@ -71,8 +72,8 @@ def test_article_recipe_vs_cache_and_bf16(benchmark, compare, setting, device):
     def article():
         ds = data.make_datasets(root, size=s["size"], augment=True)  # the article's transforms
         loaders = data.make_loaders(ds, s["batch"], num_workers=0, device=device, seed=0)
-        state = fit(article_model, {"train": loaders["train"], "val": loaders["val"]}, epochs=s["epochs"],
-                    device=device, precision="fp32", channels_last=False)
+        state = fit(article_model, {"train": loaders["train"], "val": loaders["val"]},
+                    FitConfig(epochs=s["epochs"], device=device, precision="fp32", channels_last=False))
         parts["article_epoch_s"] = state["timing"]["epoch_seconds"]
         return state
 
@@ -82,7 +83,8 @@ def test_article_recipe_vs_cache_and_bf16(benchmark, compare, setting, device):
         sets = cache_features(ours_model, {"train": ds["train"], "val": ds["val"]}, batch_size=32,
                               device=device, precision="auto", channels_last=True)
         parts["extract_s"] = time.perf_counter() - t0
-        state = fit_cached(ours_model, feature_loaders(sets, s["batch"], seed=0), epochs=s["epochs"], device=device)
+        state = fit_cached(ours_model, feature_loaders(sets, s["batch"], seed=0),
+                           FitConfig(epochs=s["epochs"], device=device))
         parts["head_epoch_s"] = state["timing"]["epoch_seconds"]
         return state
 

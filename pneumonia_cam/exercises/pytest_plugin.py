@@ -1,0 +1,127 @@
+"""The pytest side of exercise mode, enabled for every run by ``addopts`` in ``pyproject.toml``.
+
+* ``--student PATH``: run the lessons' exercise tests against the student's files (a folder of
+  ``<lesson>.py`` copies made by ``python -m pneumonia_cam.exercises start``, or one such file).
+* ``@pytest.mark.exercise("name", ...)``: the test judges these exercises of its lesson (the folder
+  it lives in). Under ``--student``, a failing one gets a report section naming the exercise and
+  showing its hint; the exercise tests of a lesson without a student file are skipped, saying how to
+  start it; and the summary says, per lesson, which exercises pass.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from pneumonia_cam.exercises import ACTIVE, EXERCISES, ExerciseError, Session, hints, student_files
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("exercises").addoption(
+        "--student", metavar="PATH", default=None,
+        help="run the lessons' exercise tests against your own code: a folder of <lesson>.py files "
+             "(python -m pneumonia_cam.exercises start <lesson>) or one such file")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "exercise(*names): the test judges these exercises of its lesson (see --student)")
+    student = config.getoption("student", None)
+    try:
+        files = None if student is None else student_files(student)
+    except ExerciseError as err:
+        raise pytest.UsageError(str(err)) from None
+    config.stash[_STATE] = _State(Session(student=files))
+    ACTIVE.append(config.stash[_STATE].session)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is not None and state.session in ACTIVE:
+        ACTIVE.remove(state.session)
+
+
+class _State:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.items: dict[str, tuple[str, tuple[str, ...]]] = {}  # nodeid -> (lesson, exercise names)
+        self.outcomes: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+
+
+_STATE = pytest.StashKey[_State]()
+
+
+def _lesson_of(item: pytest.Item) -> str | None:
+    for parent in Path(item.path).parents:
+        if parent.name in EXERCISES:
+            return parent.name
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = config.stash[_STATE]
+    for item in items:
+        marks = list(item.iter_markers("exercise"))
+        if not marks:
+            continue
+        lesson = _lesson_of(item)
+        names = tuple(n for m in marks for n in m.args)
+        if lesson is None or not names or any(n not in EXERCISES[lesson] for n in names):
+            raise pytest.UsageError(f"{item.nodeid}: exercise{names} is not an exercise of the lesson "
+                                    f"folder {lesson}")
+        state.items[item.nodeid] = (lesson, names)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    state = item.config.stash[_STATE]
+    student = state.session.student
+    if student is not None and item.nodeid in state.items:
+        lesson = state.items[item.nodeid][0]
+        if lesson not in student:
+            folder = item.config.getoption("student")
+            pytest.skip(f"no {lesson}.py in {folder}: python -m pneumonia_cam.exercises start {lesson} {folder}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    state = item.config.stash[_STATE]
+    student = state.session.student
+    if student is None or item.nodeid not in state.items:
+        return report
+    lesson, names = state.items[item.nodeid]
+    if report.failed:
+        path = student.get(lesson)
+        found = hints(path) if path is not None else {}
+        lines = [f"{name}: {found.get(name) or 'see lessons/' + lesson + '/README.md'}" for name in names]
+        report.sections.append((f"exercise {', '.join(names)} (lesson {lesson}, your file {path})",
+                                "\n".join(lines)))
+    if report.when == "call" or report.outcome != "passed":
+        for name in names:
+            state.outcomes[lesson][name].append(report.outcome)
+    return report
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    state = config.stash[_STATE]
+    if state.session.student is None:
+        return
+    for lesson, ran in state.outcomes.items():
+        if all(o == "skipped" for outcomes in ran.values() for o in outcomes):
+            continue  # no student file for this lesson: the skip reasons say so
+        names = list(EXERCISES[lesson])
+        # An exercise passes when its tests ran, none failed (a GPU test may skip without CUDA).
+        passing = [n for n in names if "passed" in ran.get(n, []) and "failed" not in ran.get(n, [])]
+        failing = [n for n in names if any(o == "failed" for o in ran.get(n, []))]
+        unchecked = [n for n in names if n not in passing and n not in failing]
+        if len(passing) == len(names):
+            line = f"lesson {lesson}: all {len(names)} exercises pass"
+        else:
+            line = f"lesson {lesson}: {len(passing)} of {len(names)} exercises pass"
+            if failing:
+                line += f"; failing: {', '.join(failing)}"
+            if unchecked:
+                line += f"; not run: {', '.join(unchecked)}"
+        terminalreporter.write_line(line, green=len(passing) == len(names), bold=True)

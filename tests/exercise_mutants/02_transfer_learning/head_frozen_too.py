@@ -1,0 +1,19 @@
+"""Mistake: swap the head first, then freeze every parameter: the new head is frozen too, nothing trains."""
+
+from torch import nn
+
+from pneumonia_cam.steps.data import make_transforms  # noqa: F401
+from pneumonia_cam.steps.fit import evaluate, train_one_epoch  # noqa: F401
+from pneumonia_cam.steps.model import train_mode  # noqa: F401
+
+LESSON = "02_transfer_learning"
+EXERCISE = "replace_head"
+CAUGHT_BY = ["test_transfer_learning.py::test_frozen_resnet152_trains_exactly_4098_parameters"]
+
+
+def replace_head(model, num_classes=2, freeze_backbone=False):
+    model.fc = nn.Sequential(nn.Linear(model.fc.in_features, num_classes), nn.LogSoftmax(dim=1))
+    if freeze_backbone:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return model
