@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,20 @@ import torch
 # Tests never download: `--weights imagenet` without the cached file is then the one-line error, in
 # this process and in every subprocess a test starts. The download tests unset it for themselves.
 os.environ["PNEUMONIA_CAM_OFFLINE"] = "1"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """One worker process per core (pytest-xdist, ``-n auto`` in pyproject.toml) for the whole suite,
+    one process otherwise: for a lesson's own tests (starting workers costs more than they save), timed
+    benchmarks (``--benchmark-enable``) and exercise mode (``--student``), whose per-lesson summary line
+    is written by the process that ran the tests."""
+    lessons = Path(__file__).parent / "lessons"
+    paths = [Path(a.split("::")[0]).resolve() for a in config.args]
+    only_lessons = bool(paths) and all(p == lessons or lessons in p.parents for p in paths)
+    if only_lessons or config.getoption("benchmark_enable", False) or config.getoption("student", None):
+        config.option.numprocesses = 0
+        config.option.dist = "no"
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -32,7 +32,12 @@ from pathlib import Path
 
 import torchvision
 
-from pneumonia_cam.steps.model import ARCHS, WeightsUnavailableError
+from pneumonia_cam.steps.model import (
+    ARCHS,
+    POOLINGS,
+    WeightsUnavailableError,
+    check_pooling,
+)
 from pneumonia_cam.support import distributed, images, pipeline
 from pneumonia_cam.support.checkpoint import CheckpointError, load_checkpoint
 from pneumonia_cam.support.config import PRESETS, TrainConfig
@@ -92,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_CHOICES = {"precision": ("auto", "fp32", "bf16"), "class_weights": ("none", "balanced")}
+_CHOICES = {"precision": ("auto", "fp32", "bf16"), "class_weights": ("none", "balanced"), "pooling": POOLINGS}
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
@@ -105,6 +110,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
 def validate(cfg: TrainConfig) -> None:
     """Reject values argparse cannot check by type, with one line each."""
     checks = [
+        (cfg.early_epochs >= 0, f"--early-epochs must be >= 0, got {cfg.early_epochs}"),
+        (cfg.early_image_size >= 32, f"--early-image-size must be >= 32, got {cfg.early_image_size}"),
         (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
         (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
         (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
@@ -116,6 +123,9 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.freeze_backbone or not cfg.cache_features,
          "--cache-features needs --freeze-backbone: a trainable backbone changes the features at every step"),
         (cfg.feature_views >= 0, f"--feature-views must be >= 0, got {cfg.feature_views}"),
+        (cfg.pooling == "mean" or not cfg.cache_features,
+         (f"--cache-features needs --pooling mean: the cache holds globally pooled features, and "
+          f"--pooling {cfg.pooling} pools the class map cell by cell")),
         (cfg.data_dir is None or Path(cfg.data_dir).is_dir(),
          f"--data-dir {cfg.data_dir}: folder not found; pass a Kaggle-layout root with train/ val/ test/, "
          "or omit it to use the generated phantoms"),
@@ -127,6 +137,11 @@ def validate(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    try:
+        check_pooling(cfg.pooling, cfg.lse_r, cfg.topk_fraction)
+    except ValueError as exc:  # name the flags, not the fields
+        text = str(exc).replace("lse_r", "--lse-r").replace("topk_fraction", "--topk-fraction")
+        raise UsageError(text.replace("unknown pooling", "unknown --pooling")) from None
     resolve_precision(cfg.precision, resolve_device(cfg.device))
 
 

@@ -159,7 +159,7 @@ def test_evaluate_localization_on_a_model_that_points_at_the_lesion():
     res = loc.evaluate_localization(model, loader, masks, tolerance=4)
     json.dumps(res)  # goes straight into metrics.json
     assert res["n_images"] == 8 and res["n_skipped_no_lesion"] == 4
-    assert res["skipped_methods"] == ["dilated_cam"] and "dilated_cam" not in res
+    assert res["skipped_methods"] == ["dilated_cam", "lung_prior", "correct_lung"] and "dilated_cam" not in res
     assert res["mean_lesion_fraction"] == pytest.approx(144 / 64**2)
     assert res["cam"]["pointing_game"] == 1.0
     assert res["cam"]["energy_over_area"] > 3  # 1 = a map that knows nothing
@@ -204,3 +204,156 @@ def test_grad_cams_one_pass_equals_separate_calls():
     torch.testing.assert_close(feats[0], model.layer4(model.layer3(x)))
     torch.testing.assert_close(log_probs, model(x))
     assert len(model.layer3._forward_hooks) == len(model.layer4._forward_hooks) == 0
+
+
+# --- more maps from the same model (pneumonia_cam.extensions.saliency) -------------------------------
+from pneumonia_cam.extensions import saliency  # noqa: E402
+from pneumonia_cam.steps.weighted_sum import class_activation_map  # noqa: E402
+
+
+class TwoBlockNet(nn.Module):
+    """layer3 (conv, ReLU, 16x16) -> layer4 (conv stride 2, ReLU, 8x8) -> GAP -> Linear -> LogSoftmax.
+
+    ``symmetric=True`` makes every kernel mirror-symmetric left-right, so the network commutes with a
+    horizontal flip (32 px input, padding 1, stride 2 on even sizes: the strided grid is not
+    symmetric, hence stride 1 there and an AvgPool(2) to halve).
+    """
+
+    def __init__(self, symmetric=False, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.layer3 = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2))  # 32 -> 16
+        self.layer4 = nn.Sequential(nn.Conv2d(6, 5, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2))  # 16 -> 8
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(nn.Linear(5, 2), nn.LogSoftmax(dim=1))
+        with torch.no_grad():
+            self.fc[0].bias.copy_(torch.tensor([0.3, -0.2]))
+            if symmetric:
+                for conv in (self.layer3[0], self.layer4[0]):
+                    conv.weight.copy_((conv.weight + conv.weight.flip(-1)) / 2)
+        self.double().eval()
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.avgpool(self.layer4(self.layer3(x))), 1))
+
+
+def _images(n=3, size=32, seed=0):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_layercam_at_the_last_block_is_the_cam_of_the_positive_weights():
+    """d z_c / d A_k(x, y) = w_ck / (hw) for a GAP + linear head, so LayerCAM at layer4 is
+    sum_k max(w_ck, 0) A_k / (hw); with positive weights, ReLU(CAM) / (hw)."""
+    model, x = TwoBlockNet(), _images()
+    w = model.fc[0].weight
+    assert (w[1] < 0).any() and (w[1] > 0).any()  # mixed signs: the ReLU on the gradient matters
+    feats = model.layer4(model.layer3(x)).detach()  # (3, 5, 8, 8)
+    # LayerCAM at layer4 through the gradient, against the closed form
+    with torch.enable_grad():
+        a = model.layer4(model.layer3(x)).detach().requires_grad_(True)
+        logit = model.fc[0](a.mean((2, 3)))[:, 1].sum()
+        (g,) = torch.autograd.grad(logit, a)
+    lc4 = saliency.layer_cam(a.detach(), g)
+    torch.testing.assert_close(lc4, class_activation_map(feats, w.clamp_min(0), 1) / 64, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        model.fc[0].weight.abs_()  # all positive: LayerCAM = ReLU(CAM) / (hw)
+    maps = saliency.saliency_maps(model, x, ["cam", "layercam_layer34"], 1)
+    with torch.enable_grad():
+        a = a.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(model.fc[0](a.mean((2, 3)))[:, 1].sum(), a)
+    torch.testing.assert_close(saliency.layer_cam(a.detach(), g), maps["cam"].clamp_min(0) / 64, rtol=0, atol=1e-12)
+
+
+def test_layercam_hand_case_and_fusion():
+    """One cell by hand: A = (2, 3), dy/dA = (0.5, -1) -> ReLU(0.5 * 2 + 0 * 3) = 1."""
+    a = torch.tensor([2.0, 3.0], dtype=torch.float64).view(1, 2, 1, 1)
+    g = torch.tensor([0.5, -1.0], dtype=torch.float64).view(1, 2, 1, 1)
+    assert saliency.layer_cam(a, g).item() == 1.0
+    assert saliency.layer_cam(-a, g).item() == 0.0  # the outer ReLU
+    # fusion: each map normalized, tanh(2 .), upsampled to the finest grid, element-wise max
+    fine = torch.tensor([[[0.0, 1.0], [2.0, 4.0]]], dtype=torch.float64)  # normalized: 0, .25, .5, 1
+    coarse = torch.tensor([[[5.0]]], dtype=torch.float64)  # constant: normalizes to 0 everywhere
+    fused = saliency.fuse_layer_cams([fine, coarse])
+    torch.testing.assert_close(fused, torch.tanh(2 * torch.tensor([[[0.0, 0.25], [0.5, 1.0]]], dtype=torch.float64)))
+    peak = torch.zeros(1, 2, 2, dtype=torch.float64)
+    peak[0, 0, 0] = 1.0
+    fused = saliency.fuse_layer_cams([peak, torch.ones(1, 1, 1, dtype=torch.float64) + 0 * coarse])
+    assert fused.shape == (1, 2, 2) and fused[0, 0, 0] == pytest.approx(np.tanh(2.0))
+
+
+def test_gradcam_layer3_from_the_shared_pass_equals_grad_cam():
+    from pneumonia_cam.extensions.gradcam import grad_cam
+
+    model, x = TwoBlockNet(), _images()
+    maps = saliency.saliency_maps(model, x, ["gradcam_layer3", "gradcam", "cam"], 1)
+    torch.testing.assert_close(maps["gradcam_layer3"], grad_cam(model, model.layer3, x, 1))
+    torch.testing.assert_close(maps["gradcam"], maps["cam"] / 64)  # CAM / (hw) at layer4
+    assert maps["gradcam_layer3"].shape == (3, 16, 16) and maps["cam"].shape == (3, 8, 8)
+    assert len(model.layer3._forward_hooks) == len(model.layer4._forward_hooks) == 0
+
+
+def test_one_forward_pass_for_the_gradient_maps():
+    model, x = TwoBlockNet(), _images()
+    calls = []
+    handle = model.register_forward_hook(lambda *a: calls.append(1))
+    saliency.saliency_maps(model, x, ["cam", "gradcam", "gradcam_layer3", "layercam_layer3",
+                                      "layercam_layer34", "contrastive_cam"], 1)
+    assert len(calls) == 1
+    saliency.saliency_maps(model, x, ["cam", "cam_flip"], 1)
+    assert len(calls) == 3  # the flip adds one forward pass, reusing the CAM of x
+    handle.remove()
+
+
+def test_flip_averaging_of_a_flip_equivariant_net_is_the_cam():
+    model, x = TwoBlockNet(symmetric=True), _images()
+    # the net commutes with the flip: the CAM of the mirrored image is the mirrored CAM
+    maps = saliency.saliency_maps(model, x, ["cam", "cam_flip"], 1)
+    torch.testing.assert_close(maps["cam_flip"], maps["cam"], rtol=0, atol=1e-12)
+    # ...and a net that does not commute gives a different map (the test can fail)
+    model2 = TwoBlockNet(symmetric=False)
+    maps2 = saliency.saliency_maps(model2, x, ["cam", "cam_flip"], 1)
+    assert (maps2["cam_flip"] - maps2["cam"]).abs().max() > 1e-3
+    ref = (maps2["cam"] + saliency.saliency_maps(model2, x.flip(-1), ["cam"], 1)["cam"].flip(-1)) / 2
+    torch.testing.assert_close(maps2["cam_flip"], ref)
+
+
+def test_contrastive_map_is_cam1_minus_cam0_and_averages_to_the_log_odds():
+    model, x = TwoBlockNet(), _images()
+    w, b = model.fc[0].weight, model.fc[0].bias
+    feats = model.layer4(model.layer3(x)).detach()
+    m = saliency.saliency_maps(model, x, ["contrastive_cam"], 1)["contrastive_cam"]
+    expected = class_activation_map(feats, w, 1) - class_activation_map(feats, w, 0) + (b[1] - b[0])
+    torch.testing.assert_close(m, expected, rtol=0, atol=1e-12)
+    log_p = model(x).detach()
+    torch.testing.assert_close(m.mean((1, 2)), log_p[:, 1] - log_p[:, 0], rtol=0, atol=1e-12)
+
+
+def test_saliency_maps_bad_arguments():
+    model, x = TwoBlockNet(), _images(n=1)
+    with pytest.raises(ValueError, match="unknown methods"):
+        saliency.saliency_maps(model, x, ["lime"])
+    with pytest.raises(ValueError, match="dilate_layer4_"):
+        saliency.saliency_maps(model, x, ["dilated_cam"])
+
+
+def test_image_scores_per_image_and_the_lung_baselines():
+    x, y, masks = lesion_images()
+    lungs = []
+    for m in masks:  # two "lungs": the top and bottom halves minus a centre band
+        lung = np.zeros_like(m)
+        lung[2:30] = True
+        lung[34:62] = True
+        lungs.append(lung)
+    res = loc.image_scores(BrightnessNet(), x, masks, ("cam", "lung_prior", "correct_lung",
+                           "layercam_layer3", "contrastive_cam", "cam_flip"), lung_masks=lungs, tolerance=4)
+    assert res["skipped_methods"] == [] and len(res["area"]) == 8
+    s = res["scores"]
+    assert len(s["cam"]["ious"]) == 8 and len(s["cam"]["ious"][0]) == len(loc.THRESHOLDS)
+    # correct lung: the 12x12 lesion (144 px) lies in one 28x64 half-lung (1792 px) -> energy 144/1792,
+    # or less where the lesion pokes out of it
+    assert max(s["correct_lung"]["energy"]) == pytest.approx(144 / 1792)
+    assert max(s["lung_prior"]["energy"]) == pytest.approx(144 / 3584)
+    assert s["cam"]["hit_0px"] == [True] * 8
+    out = loc.evaluate_localization(BrightnessNet(), x, masks, lung_masks=lungs, tolerance=4)
+    assert out["correct_lung"]["energy_over_area"] > out["lung_prior"]["energy_over_area"]
+    assert out["cam"]["hit_0px"] == 1.0

@@ -243,3 +243,10 @@ def test_cli_writes_a_tree_and_a_grid(tmp_path, capsys):
     assert phantoms.main(["--out", str(tmp_path / "d"), "--size", "48"]) == 2  # never mixes into old files
     err = capsys.readouterr().err
     assert "not empty" in err and str(tmp_path / "d") in err and err.count("\n") == 1
+    # The class ratios of the Kaggle splits: 3 of 8 test images NORMAL, 1 of 4 train images.
+    assert phantoms.main(["--out", str(tmp_path / "k"), "--size", "48", "--n-train", "4", "--n-val", "1",
+                          "--n-test", "8", "--normal-fraction", "0.25", "--test-normal-fraction", "0.375"]) == 0
+    assert len(list((tmp_path / "k" / "test" / "NORMAL").iterdir())) == 3
+    assert len(list((tmp_path / "k" / "train" / "NORMAL").iterdir())) == 1
+    assert phantoms.main(["--out", str(tmp_path / "f"), "--test-normal-fraction", "1.5"]) == 2
+    assert "--test-normal-fraction" in capsys.readouterr().err

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pneumonia_cam import train
+from pneumonia_cam.support import pipeline
 from pneumonia_cam.support.checkpoint import load_checkpoint, load_model
 from pneumonia_cam.support.config import PRESETS, TrainConfig
 
@@ -159,11 +160,12 @@ def test_phantom_data_path(tmp_path, monkeypatch, capsys):
     assert train.main(args) == 0
     metrics = json.loads((tmp_path / "runs" / "demo" / "metrics.json").read_text())
     assert metrics["data"]["phantoms"] and metrics["data"]["root"].startswith(str(tmp_path / "cache"))
-    # Phantoms carry lesion masks: the run scores every map method on the PNEUMONIA test images.
+    # Phantoms carry lesion masks: the run scores its maps and the baselines on the PNEUMONIA test images.
     loc = metrics["localization"]
     assert loc["n_images"] == 2 and 0 < loc["mean_lesion_fraction"] < 1  # 4 balanced test images
-    for method in ("cam", "gradcam", "dilated_cam", "gaussian", "random"):
+    for method in ("cam", "gradcam", "gradcam_layer3", "gaussian", "random", "lung_prior", "correct_lung"):
         assert 0.0 <= loc[method]["pointing_game"] <= 1.0 and 0.0 <= loc[method]["energy_pointing_game"] <= 1.0
+        assert 0.0 <= loc[method]["hit_0px"] <= loc[method]["pointing_game"]
     assert (tmp_path / "runs" / "demo" / "cam_grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -184,3 +186,28 @@ def test_demo_is_the_default_preset_and_the_dataclass_defaults():
     assert TrainConfig.from_dict(demo.to_dict()) == demo
     with pytest.raises(ValueError, match="unknown config keys"):
         TrainConfig.from_dict({**demo.to_dict(), "lr_typo": 1})
+
+
+def test_early_epochs_train_on_smaller_images_and_validate_at_full_size(tiny_train_args, monkeypatch, capsys):
+    """--early-epochs 2 of 3 at 32 px: fit runs twice, first on 32 px training images for 2 epochs, then
+    resumes on 48 px ones for the last; validation is on 48 px images both times."""
+    calls = []
+    real_fit = pipeline.fit
+
+    def recording_fit(model, loaders, config, **kw):
+        calls.append((next(iter(loaders["train"]))[0].shape[-1], next(iter(loaders["val"]))[0].shape[-1],
+                      config.epochs, None if kw.get("resume") is None else kw["resume"]["epoch"]))
+        return real_fit(model, loaders, config, **kw)
+
+    monkeypatch.setattr(pipeline, "fit", recording_fit)
+    args = tiny_train_args + ["--epochs", "3", "--image-size", "48", "--early-epochs", "2", "--early-image-size", "32"]
+    assert train.main(args) == 0
+    assert calls == [(32, 48, 2, None), (48, 48, 3, 2)]
+    assert "epochs 1-2 train on 32 px images" in capsys.readouterr().out
+    # At least the last epoch runs at full size, and an early size that is not smaller changes nothing.
+    calls.clear()
+    assert train.main(args + ["--name", "one", "--epochs", "1"]) == 0
+    assert calls == [(48, 48, 1, None)]
+    calls.clear()
+    assert train.main(args + ["--name", "big", "--early-image-size", "64"]) == 0
+    assert calls == [(48, 48, 3, None)]

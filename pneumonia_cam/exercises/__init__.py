@@ -51,6 +51,12 @@ EXERCISES: dict[str, dict[str, str]] = {
         "to_gray": "pneumonia_cam.steps.overlay",
         "show_cam_on_image": "pneumonia_cam.steps.overlay",
     },
+    "04_localization": {
+        "pointing_game": "pneumonia_cam.extensions.localization",
+        "hit_0px": "pneumonia_cam.extensions.localization",
+        "energy_pointing_game": "pneumonia_cam.extensions.localization",
+        "correct_lung_map": "pneumonia_cam.extensions.localization",
+    },
 }
 
 #: The repository's lesson folders (the templates live there, next to the tests that judge them).

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from pneumonia_cam.steps.hook import LayerActivations
+from pneumonia_cam.steps.model import ClassMapPool
 
 
 def class_activation_map(
@@ -167,14 +168,19 @@ def cam_from_model(
     return cams, log_probs
 
 
-def head_linear(model: nn.Module) -> nn.Linear:
-    """The linear layer of the head: ``model.fc[0]`` (article layout) or ``model.fc``."""
+def head_linear(model: nn.Module) -> nn.Linear | ClassMapPool:
+    """The head's layer that holds $w^c_k$ (``.weight``, (C, K)) and $b_c$ (``.bias``, (C,)).
+
+    ``model.fc[0]`` (article layout: an ``nn.Linear``; with a pooled class map, a
+    :class:`~pneumonia_cam.steps.model.ClassMapPool`, whose logit is the pooled CAM plus $b_c$), or
+    ``model.fc`` when it is a plain ``nn.Linear``.
+    """
     fc = model.fc
     if isinstance(fc, nn.Linear):
         return fc
-    if isinstance(fc, nn.Sequential) and isinstance(fc[0], nn.Linear):
+    if isinstance(fc, nn.Sequential) and isinstance(fc[0], (nn.Linear, ClassMapPool)):
         return fc[0]
-    raise TypeError(f"model.fc must be nn.Linear or nn.Sequential(nn.Linear, ...), got {fc}")
+    raise TypeError(f"model.fc must be nn.Linear or nn.Sequential(nn.Linear or ClassMapPool, ...), got {fc}")
 
 
 # --- The article's way, kept as the reference the tests compare against ------------------------

@@ -29,7 +29,7 @@ from typing import BinaryIO, Callable
 import torch
 from torch import nn
 
-from pneumonia_cam.steps.model import ARCHS, build_model
+from pneumonia_cam.steps.model import ARCHS, build_model, check_pooling
 
 # Types that torch.load(weights_only=True) rebuilds; anything else in a payload is a bug on our side.
 _SAFE_SCALARS = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.Size)
@@ -155,9 +155,11 @@ def load_model(
 ) -> tuple[nn.Module, dict]:
     """Rebuild the model a checkpoint was trained as, load its weights, return it in eval mode.
 
-    The architecture comes from ``payload["config"]`` (``arch``, ``dilate_layer4``) and the class
-    count from ``payload["classes"]``; the model is built with ``weights="none"`` (nothing is read or
-    downloaded besides ``path``).
+    The architecture comes from ``payload["config"]`` (``arch``, ``dilate_layer4``, and the head's
+    ``pooling``, ``lse_r``, ``topk_fraction``: the state dict alone cannot tell the poolings apart,
+    their heads have the same ``fc.0.weight`` and ``fc.0.bias``) and the class count from
+    ``payload["classes"]``; the model is built with ``weights="none"`` (nothing is read or downloaded
+    besides ``path``).
 
     Args:
         path: a ``best.pt`` or ``last.pt``.
@@ -182,8 +184,14 @@ def load_model(
             f"checkpoint {path} holds a {ck_arch} with {ck_classes} classes, but a "
             f"{arch or ck_arch} with {num_classes or ck_classes} classes was expected"
         )
+    pooling = {"pooling": cfg.get("pooling", "mean"), "lse_r": float(cfg.get("lse_r", 10.0)),
+               "topk_fraction": float(cfg.get("topk_fraction", 0.1))}
+    try:
+        check_pooling(**pooling)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path} has a bad head config: {exc}") from None
     model = build_model(ck_arch, weights="none", num_classes=ck_classes,
-                        dilate_layer4=bool(cfg.get("dilate_layer4", False)))
+                        dilate_layer4=bool(cfg.get("dilate_layer4", False)), **pooling)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:

@@ -70,11 +70,13 @@ byte-identical PNGs (PIL writes no timestamps).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import dataclasses
 import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -358,6 +360,49 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array, "L").save(path, format="PNG", compress_level=1)
 
 
+_CHUNK = 50  # images per job of the process pool
+
+
+def _write_chunk(job: tuple) -> list[list]:
+    """Render and save images ``start..stop-1`` of one split; return their box rows."""
+    root, cfg, split, start, stop = job
+    n_normal = cfg.counts(split)[0]
+    rows: list[list] = []
+    for i in range(start, stop):
+        pneumonia = i >= n_normal
+        name = f"phantom-{split}-{i:05d}"
+        ph = render_phantom(image_rng(cfg.seed, split, i), cfg.size, pneumonia)
+        label = "PNEUMONIA" if pneumonia else "NORMAL"
+        _save_png(ph.image, root / split / label / f"{name}.png")
+        _save_png(ph.lung_mask.astype(np.uint8) * 255, root / "lungs" / split / f"{name}.png")
+        if pneumonia:
+            _save_png(ph.mask.astype(np.uint8) * 255, root / "masks" / split / "PNEUMONIA" / f"{name}.png")
+            rows += [[name, x, y, w, h, 1] for x, y, w, h in ph.boxes]
+        else:
+            rows.append([name, "", "", "", "", 0])
+    return rows
+
+
+class _Serial:
+    """Stands in for a process pool where forking is unavailable (or one core)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    map = staticmethod(map)
+
+
+def _pool():
+    """A pool of one process per core (at most 2), forked so that nothing is re-imported."""
+    workers = min(2, os.cpu_count() or 1)
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return _Serial()
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+
+
 def generate(root: str | os.PathLike, cfg: PhantomConfig = PhantomConfig(), progress: bool = True) -> Path:
     """Write a phantom data set in Kaggle layout under ``root`` (see the module docstring).
 
@@ -380,30 +425,25 @@ def generate(root: str | os.PathLike, cfg: PhantomConfig = PhantomConfig(), prog
     total = cfg.n_train + cfg.n_val + cfg.n_test
     bar = tqdm(total=total, desc="phantoms", unit="img", disable=not progress)
     for split in SPLITS:
-        n_normal, n_pneu = cfg.counts(split)
         for sub in ("NORMAL", "PNEUMONIA"):
             (root / split / sub).mkdir(parents=True, exist_ok=True)
         (root / "masks" / split / "PNEUMONIA").mkdir(parents=True, exist_ok=True)
         (root / "lungs" / split).mkdir(parents=True, exist_ok=True)
-        (root / "boxes").mkdir(exist_ok=True)
-        rows = []
-        for i in range(n_normal + n_pneu):
-            pneumonia = i >= n_normal
-            name = f"phantom-{split}-{i:05d}"
-            ph = render_phantom(image_rng(cfg.seed, split, i), cfg.size, pneumonia)
-            label = "PNEUMONIA" if pneumonia else "NORMAL"
-            _save_png(ph.image, root / split / label / f"{name}.png")
-            _save_png(ph.lung_mask.astype(np.uint8) * 255, root / "lungs" / split / f"{name}.png")
-            if pneumonia:
-                _save_png(ph.mask.astype(np.uint8) * 255, root / "masks" / split / "PNEUMONIA" / f"{name}.png")
-                rows += [[name, x, y, w, h, 1] for x, y, w, h in ph.boxes]
-            else:
-                rows.append([name, "", "", "", "", 0])
-            bar.update()
+    (root / "boxes").mkdir(exist_ok=True)
+    # Every image has its own generator (image_rng), so chunks can be drawn in any process and the
+    # files are the same bytes as a serial run; the box rows are gathered back in index order.
+    jobs = [(root, cfg, split, start, min(start + _CHUNK, sum(cfg.counts(split))))
+            for split in SPLITS for start in range(0, sum(cfg.counts(split)), _CHUNK)]
+    rows: dict[str, list] = {split: [] for split in SPLITS}
+    with _pool() as pool:
+        for (_, _, split, start, stop), chunk_rows in zip(jobs, pool.map(_write_chunk, jobs)):
+            rows[split] += chunk_rows
+            bar.update(stop - start)
+    for split in SPLITS:
         with open(root / "boxes" / f"{split}.csv", "w", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(["patientId", "x", "y", "width", "height", "Target"])
-            writer.writerows(rows)
+            writer.writerows(rows[split])
     bar.close()
     manifest = {"version": PHANTOM_VERSION, "config": dataclasses.asdict(cfg)}
     (root / "phantoms.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -505,14 +545,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-train", type=int, default=d.n_train)
     p.add_argument("--n-val", type=int, default=d.n_val)
     p.add_argument("--n-test", type=int, default=d.n_test)
+    p.add_argument("--normal-fraction", type=float, default=d.normal_fraction,
+                   help="share of NORMAL images in train and val (Kaggle's train: 1341 / 5216 = 0.257)")
+    p.add_argument("--test-normal-fraction", type=float, default=d.test_normal_fraction,
+                   help="share of NORMAL images in test (Kaggle's test: 234 / 624 = 0.375)")
     p.add_argument("--grid", metavar="FILE.png", help="only write a sample grid figure")
     a = p.parse_args(argv)
     if a.grid:
         print(save_grid(a.grid, seed=a.seed, size=a.size))
         return 0
-    cfg = PhantomConfig(size=a.size, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test, seed=a.seed)
+    cfg = PhantomConfig(size=a.size, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test, seed=a.seed,
+                        normal_fraction=a.normal_fraction, test_normal_fraction=a.test_normal_fraction)
     if min(cfg.size, cfg.n_train, cfg.n_val, cfg.n_test) < 0 or cfg.size < 32:
         print("error: --size must be >= 32 and the counts >= 0", file=sys.stderr)
+        return 2
+    if not (0 <= cfg.normal_fraction <= 1 and 0 <= cfg.test_normal_fraction <= 1):
+        print("error: --normal-fraction and --test-normal-fraction must be in [0, 1]", file=sys.stderr)
         return 2
     try:
         print(generate(a.out, cfg) if a.out else ensure_phantoms(cfg))

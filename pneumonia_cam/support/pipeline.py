@@ -18,8 +18,8 @@ writes files.
 
 from __future__ import annotations
 
-import copy
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -40,9 +40,13 @@ from pneumonia_cam.extensions import feature_cache, localization
 from pneumonia_cam.steps import data, overlay
 from pneumonia_cam.steps.fit import FitConfig, evaluate, fit
 from pneumonia_cam.steps.metrics import binary_metrics, youden_threshold
-from pneumonia_cam.steps.model import build_model, dilate_layer4_
+from pneumonia_cam.steps.model import build_model
 from pneumonia_cam.support import distributed, images, phantoms, report, splits
-from pneumonia_cam.support.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from pneumonia_cam.support.checkpoint import (
+    atomic_write,
+    load_checkpoint,
+    save_checkpoint,
+)
 from pneumonia_cam.support.config import TrainConfig
 from pneumonia_cam.support.runtime import resolve_precision, seed_everything
 
@@ -126,7 +130,8 @@ def make_model(cfg: TrainConfig, progress: bool = True) -> nn.Module:
     ``progress``: the weights download's progress bar, when ``--weights imagenet`` has to download.
     """
     return build_model(cfg.arch, cfg.weights, cfg.freeze_backbone, len(CLASSES), cfg.dilate_layer4,
-                       offline=cfg.offline, progress=progress)
+                       offline=cfg.offline, progress=progress, pooling=cfg.pooling, lse_r=cfg.lse_r,
+                       topk_fraction=cfg.topk_fraction)
 
 
 def fit_config(cfg: TrainConfig, device: torch.device, train_set) -> FitConfig:
@@ -180,6 +185,17 @@ def train(cfg: TrainConfig, model: nn.Module, datasets: dict, image_loaders: dic
     opts = dict(resume=resume, on_epoch_end=on_epoch_end, log=say, progress=progress)
     if not cfg.cache_features:
         image_shards = distributed.shard_loaders(image_loaders)
+        early = min(cfg.early_epochs, fit_cfg.epochs - 1) if cfg.early_image_size < cfg.image_size else 0
+        if early and (resume is None or resume["epoch"] < early):
+            say(f"epochs 1-{early} train on {cfg.early_image_size} px images, the rest on {cfg.image_size} px; "
+                f"validation always on {cfg.image_size} px")
+            # The first epochs on smaller training images, validated at full size; then the same
+            # run continues (fit's resume) on full-size images, with optimizer and schedule intact.
+            small = data.make_transforms(cfg.early_image_size)["train" if cfg.augment else "val"]
+            small_train = data.make_loaders({"train": splits.with_transform(datasets["train"], small)},
+                                            cfg.batch_size, cfg.workers, device, cfg.seed)["train"]
+            early_shards = {**image_shards, "train": distributed.shard_loaders({"train": small_train})["train"]}
+            opts["resume"] = fit(model, early_shards, dataclasses.replace(fit_cfg, epochs=early), **opts)
         state = fit(model, image_shards, fit_cfg, **opts)
         return Trained(state, model, image_shards, state["precision"], state["precision"])
     # The frozen backbone once per image, then the same fit loop on the head alone; val and test are
@@ -228,8 +244,8 @@ def localize(model: nn.Module, test_ds, test_loader, root: Path, run_dir: Path, 
              with_masks: bool) -> dict | None:
     """Localization metrics on the test split (phantoms only) and ``cam_grid.png`` (any data).
 
-    The dilated variant reuses the trained weights with ``layer4`` switched to output stride 16 at test
-    time (a 14x14 map at 224 px); a model *trained* dilated is ``--dilate-layer4``.
+    CAM, Grad-CAM at ``layer4`` and ``layer3``, and the baselines; every other map is scored by
+    ``python -m pneumonia_cam.study``.
 
     Returns:
         The result of :func:`pneumonia_cam.extensions.localization.evaluate_localization`, or ``None``
@@ -242,8 +258,12 @@ def localize(model: nn.Module, test_ds, test_loader, root: Path, run_dir: Path, 
              if with_masks else None)
     result = None
     if masks is not None:
-        dilated = None if cfg.dilate_layer4 else dilate_layer4_(copy.deepcopy(model))
-        result = localization.evaluate_localization(model, test_loader, masks, dilated_model=dilated,
+        # The lung baselines: uniform over both lung fields, and over the lung that holds the lesion.
+        lungs = [localization.align_mask(phantoms.load_lung_mask(root, "test", stem), tf) for stem in stems]
+        # The methods that come from one forward and backward pass; the dilated network and the
+        # other maps are scored by `python -m pneumonia_cam.study`.
+        methods = [m for m in localization.DEFAULT_METHODS if m != "dilated_cam"]
+        result = localization.evaluate_localization(model, test_loader, masks, methods, lung_masks=lungs,
                                                     seed=cfg.seed)
     # Six PNEUMONIA and two NORMAL test images, in file order: the same figure on every run.
     targets = [y for _, y in test_ds.samples]
@@ -315,19 +335,25 @@ def run(cfg: TrainConfig, run_dir: Path, device: torch.device, resume: bool = Fa
     if not main_rank:  # torchrun: rank 0 alone scores the CAMs (on the whole test split) and writes
         return metrics
 
-    # Phantoms carry lesion masks, so the CAM can be scored against the truth (lesson 03).
-    metrics["localization"] = localize(model, datasets["test"], image_loaders["test"], root, run_dir, cfg,
-                                       with_masks=metrics["data"]["phantoms"])
     t_eval = time.perf_counter() - t_eval
 
+    # Phantoms carry lesion masks, so the CAM can be scored against the truth (lesson 03).
+    t_loc = time.perf_counter()
+    metrics["localization"] = localize(model, datasets["test"], image_loaders["test"], root, run_dir, cfg,
+                                       with_masks=metrics["data"]["phantoms"])
+    t_loc = time.perf_counter() - t_loc
+
+    t_fig = time.perf_counter()
     save_checkpoint(run_dir / "best.pt", {**base, "model": state["best"]["model"] or state["model"],
                                           "metrics": {k: metrics[k] for k in ("best_epoch", "val", "test",
                                                                                "val_threshold")}})
     write_figures(run_dir, state["history"], metrics, outputs)
+    t_fig = time.perf_counter() - t_fig
     # Timing lives in its own section: everything else in metrics.json is deterministic on CPU.
     seconds = state["timing"]["epoch_seconds"]
     metrics["timing"] = {"total_s": round(time.perf_counter() - t_start, 2), "data_s": round(t_data, 2),
-                         "fit_s": round(t_fit, 2), "eval_s": round(t_eval, 2), "epoch_seconds": seconds,
+                         "fit_s": round(t_fit, 2), "eval_s": round(t_eval, 2),
+                         "localization_s": round(t_loc, 2), "figures_s": round(t_fig, 2), "epoch_seconds": seconds,
                          "train_images_per_s": round(len(datasets["train"]) * len(seconds) / max(sum(seconds), 1e-9), 1)}
     write_json(run_dir / "metrics.json", metrics)
     return metrics

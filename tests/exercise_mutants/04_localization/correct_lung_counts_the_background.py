@@ -1,0 +1,27 @@
+"""Mistake: the background (label 0) left in the overlap counts: a lesion with more pixels outside
+the lungs than in either of them picks the background as its lung."""
+
+import numpy as np
+from scipy import ndimage
+
+from pneumonia_cam.extensions.localization import (  # noqa: F401
+    correct_lung_map,
+    energy_pointing_game,
+    hit_0px,
+    pointing_game,
+)
+
+LESSON = "04_localization"
+EXERCISE = "correct_lung_map"
+CAUGHT_BY = ["test_baselines.py::test_correct_lung_knows_the_side_and_nothing_else"]
+
+
+def correct_lung_map(lung_mask, lesion_mask):  # noqa: F811
+    lung, lesion = np.asarray(lung_mask, dtype=bool), np.asarray(lesion_mask, dtype=bool)
+    if not lung.any() or lung.shape != lesion.shape:
+        raise ValueError("empty lung mask or masks of different shapes")
+    labels, n = ndimage.label(lung, structure=np.ones((3, 3)))
+    overlap = np.bincount(labels[lesion], minlength=n + 1)  # label 0 included
+    if overlap[1:].max(initial=0) == 0:
+        return lung.astype(np.float64)
+    return (labels == int(np.argmax(overlap))).astype(np.float64)

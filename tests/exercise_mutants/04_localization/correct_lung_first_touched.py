@@ -1,0 +1,26 @@
+"""Mistake: the first lung the lesion touches (the lowest label), not the one with the larger overlap."""
+
+import numpy as np
+from scipy import ndimage
+
+from pneumonia_cam.extensions.localization import (  # noqa: F401
+    correct_lung_map,
+    energy_pointing_game,
+    hit_0px,
+    pointing_game,
+)
+
+LESSON = "04_localization"
+EXERCISE = "correct_lung_map"
+CAUGHT_BY = ["test_baselines.py::test_correct_lung_knows_the_side_and_nothing_else"]
+
+
+def correct_lung_map(lung_mask, lesion_mask):  # noqa: F811
+    lung, lesion = np.asarray(lung_mask, dtype=bool), np.asarray(lesion_mask, dtype=bool)
+    if not lung.any() or lung.shape != lesion.shape:
+        raise ValueError("empty lung mask or masks of different shapes")
+    labels, _ = ndimage.label(lung, structure=np.ones((3, 3)))
+    touched = labels[lesion & lung]
+    if touched.size == 0:
+        return lung.astype(np.float64)
+    return (labels == touched.min()).astype(np.float64)

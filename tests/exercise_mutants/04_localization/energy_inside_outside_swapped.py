@@ -1,0 +1,20 @@
+"""Mistake: the share of the mass *outside* the lesion (~mask), the complement of the energy."""
+
+import numpy as np
+
+from pneumonia_cam.extensions.localization import (  # noqa: F401
+    correct_lung_map,
+    energy_pointing_game,
+    hit_0px,
+    pointing_game,
+)
+
+LESSON = "04_localization"
+EXERCISE = "energy_pointing_game"
+CAUGHT_BY = ["test_metrics.py::test_energy_of_hand_made_maps"]
+
+
+def energy_pointing_game(saliency, mask):  # noqa: F811
+    s = np.clip(saliency, 0, None)
+    total = float(s.sum())
+    return float(s[~np.asarray(mask, dtype=bool)].sum()) / total if total > 0 else 0.0
