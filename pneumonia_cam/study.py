@@ -6,7 +6,8 @@ One run's localization figure moves as much between seeds as between methods, so
 the mean and standard deviation over seeds with a bootstrap 95 % interval over images.
 
 Folder ``OUT_DIR/NAME/``: ``seed<k>/`` (a run folder of ``python -m pneumonia_cam.train``, plus
-``study_scores.json``, its per-image scores), ``study.json`` and ``study.md``. A run with a
+``study_scores.json``, its per-image scores), ``study.json``, ``study.md`` and ``maps.png`` (the maps
+side by side on the first lesion test images, drawn from the first seed's model). A run with a
 ``metrics.json`` is reused, one with only ``last.pt`` is resumed, and scores already in
 ``study_scores.json`` are not recomputed: a killed study picks up where it stopped. The threshold of
 the mIoU column is chosen on the validation phantoms, per seed and method (never on test).
@@ -21,25 +22,37 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from pneumonia_cam.extensions import localization as loc
-from pneumonia_cam.steps import data
+from pneumonia_cam.extensions import saliency
+from pneumonia_cam.steps import data, overlay
 from pneumonia_cam.steps.model import WeightsUnavailableError, dilate_layer4_
 from pneumonia_cam.support import images, phantoms, pipeline
-from pneumonia_cam.support.checkpoint import CheckpointError, load_checkpoint, load_model
+from pneumonia_cam.support.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+)
 from pneumonia_cam.support.config import TrainConfig
-from pneumonia_cam.support.runtime import resolve_device
-from pneumonia_cam.train import (RESUMABLE_OVERRIDES, UsageError, build_parser, config_from_args, prepare_run_dir,
-                                 validate)
+from pneumonia_cam.support.runtime import cpu_description, resolve_device
+from pneumonia_cam.train import (
+    RESUMABLE_OVERRIDES,
+    UsageError,
+    build_parser,
+    config_from_args,
+    prepare_run_dir,
+    validate,
+)
 
 #: The model's maps the study scores, then the baselines (the table's rows, in this order).
 METHODS = ("cam", "dilated_cam", "gradcam_layer3", "layercam_layer3", "layercam_layer34", "cam_flip",
@@ -49,6 +62,9 @@ BASELINES = loc.BASELINES
 COLUMNS = (("hit_15px", "hit@15px"), ("hit_0px", "hit@0px"), ("energy_over_area", "energy/area"),
            ("box_iou", "Zhou-box IoU"), ("miou_val_t", "mIoU@val-t"))
 SCORES_FILE = "study_scores.json"
+#: The maps side by side (:func:`maps_figure`), in ``OUT_DIR/NAME/``, and its number of images.
+FIGURE_FILE = "maps.png"
+FIGURE_IMAGES = 6
 
 
 # ------------------------------------------------------------------------------------------ arguments
@@ -58,7 +74,7 @@ def build_study_parser() -> argparse.ArgumentParser:
         prog="python -m pneumonia_cam.study",
         description="Train (or reuse) one demo run per seed and score every map method and baseline "
                     "against the phantoms' lesion masks: mean, sd over seeds, bootstrap 95% CI over images.",
-        epilog="Outputs: OUT_DIR/NAME/seed<k>/ (run folders), study.json, study.md.")
+        epilog="Outputs: OUT_DIR/NAME/seed<k>/ (run folders), study.json, study.md, maps.png.")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
     p.add_argument("--name", default="study", help="study folder name: OUT_DIR/NAME/ (default: study)")
     p.add_argument("--out-dir", default="runs", help="parent folder (default: runs)")
@@ -69,6 +85,12 @@ def build_study_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images per scoring pass (default: 32)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="tqdm progress bars on stderr")
+    p.add_argument("--figure", action=argparse.BooleanOptionalAction, default=True,
+                   help=f"draw {FIGURE_FILE}: the first {FIGURE_IMAGES} PNEUMONIA test phantoms, one column per "
+                        "map, from the first seed's best.pt")
+    p.add_argument("--figure-methods", nargs="+", metavar="METHOD", default=None,
+                   help=f"the figure's maps, from {', '.join(METHODS)} (default: cam and the map with the "
+                        "highest mean energy/area)")
     return p
 
 
@@ -126,12 +148,15 @@ def ensure_run(cfg: TrainConfig, progress: bool) -> tuple[Path, str]:
 
 
 # ------------------------------------------------------------------------------------------ scoring
-def lesion_split(cfg: TrainConfig, ds, root: Path) -> tuple[Subset, list, list]:
-    """The lesion images of a split (a dataset of the run), with aligned lesion and lung masks."""
+def lesion_split(cfg: TrainConfig, ds, root: Path, limit: int | None = None) -> tuple[Subset, list, list]:
+    """The lesion images of a split (a dataset of the run), with aligned lesion and lung masks.
+
+    ``limit``: stop after that many, the first in file order (the first ones scored).
+    """
     tf = data.make_transforms(cfg.image_size)["test"]
     keep, masks, lungs = [], [], []
     for i, (path, y) in enumerate(ds.samples):
-        if y != 1:
+        if y != 1 or (limit is not None and len(keep) >= limit):
             continue
         split, stem = Path(path).parent.parent.name, Path(path).stem  # <root>/<split>/PNEUMONIA/<stem>.png
         mask = loc.align_mask(phantoms.load_mask(root, split, stem), tf)
@@ -140,6 +165,12 @@ def lesion_split(cfg: TrainConfig, ds, root: Path) -> tuple[Subset, list, list]:
             masks.append(mask)
             lungs.append(loc.align_mask(phantoms.load_lung_mask(root, split, stem), tf))
     return Subset(ds, keep), masks, lungs
+
+
+def load_models(run_dir: Path, cfg: TrainConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The run's ``best.pt`` and the same weights with a dilated ``layer4`` (for ``dilated_cam``)."""
+    model, _ = load_model(run_dir / "best.pt", map_location=resolve_device(cfg.device))
+    return model, model if cfg.dilate_layer4 else dilate_layer4_(copy.deepcopy(model))
 
 
 def score_run(run_dir: Path, cfg: TrainConfig, methods: list[str], batch_size: int, progress: bool) -> dict:
@@ -156,9 +187,7 @@ def score_run(run_dir: Path, cfg: TrainConfig, methods: list[str], batch_size: i
         return cache
     t0 = time.perf_counter()
     root, datasets = pipeline.load_data(cfg, progress=False)
-    device = resolve_device(cfg.device)
-    model, _ = load_model(run_dir / "best.pt", map_location=device)
-    dilated = model if cfg.dilate_layer4 else dilate_layer4_(copy.deepcopy(model))
+    model, dilated = load_models(run_dir, cfg)
     found = {}
     for split in ("val", "test"):
         subset, masks, lungs = lesion_split(cfg, datasets[split], root)
@@ -218,15 +247,8 @@ def summarize(caches: dict[int, dict], rows: list[str], resamples: int) -> dict:
 
 
 def machine() -> dict:
-    """CPU model (``lscpu``), core count, torch version."""
-    model = platform.processor() or platform.machine()
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Model name")),
-                     model)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"cpu": model, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    """CPU kind (:func:`pneumonia_cam.support.runtime.cpu_description`), core count, torch version."""
+    return {"cpu": cpu_description(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version()}
 
 
@@ -254,6 +276,51 @@ def markdown(study: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------ figure
+def figure_methods(study: dict, chosen: list[str] | None) -> tuple[list[str], str]:
+    """The figure's maps: ``chosen``, or ``cam`` and the map with the highest mean energy/area; and why."""
+    if chosen:
+        return list(dict.fromkeys(chosen)), "from --figure-methods"
+    energy = {m: study["summary"][m]["energy_over_area"]["mean"] for m in study["methods"]}
+    best = max(energy, key=energy.get)
+    return list(dict.fromkeys(["cam", best])), f"{best} has the highest mean energy/area of the maps, {energy[best]:.2f}"
+
+
+@torch.no_grad()
+def maps_figure(run_dir: Path, cfg: TrainConfig, study: dict, methods: list[str],
+                n: int = FIGURE_IMAGES) -> Figure:
+    """The first ``n`` lesion test images, one row each: the X-ray, then each map as it was scored.
+
+    The maps go through the scoring path (:func:`~pneumonia_cam.extensions.saliency.saliency_maps`,
+    then :func:`~pneumonia_cam.extensions.localization.normalized_maps`) and are drawn unchanged;
+    column titles give the study's means over seeds (over all test images, not these ``n``).
+    """
+    root, datasets = pipeline.load_data(cfg, progress=False)
+    subset, masks, _ = lesion_split(cfg, datasets["test"], root, limit=n)
+    x = torch.stack([subset[i][0] for i in range(len(subset))])  # (N, 3, H, W), normalized
+    model, dilated = load_models(run_dir, cfg)
+    raw = saliency.saliency_maps(model, x.to(next(model.parameters()).device), methods, 1, dilated.eval())
+    maps = loc.normalized_maps(raw, tuple(x.shape[-2:]))  # {method: (N, H, W)}, values in [0, 1]
+    summary = study["summary"]
+    height = 2.5 * len(x) + 1.0  # inches: the rows, and a header for the titles
+    fig = Figure(figsize=(2.3 * (len(methods) + 1) + 0.8, height))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(x), len(methods) + 1, squeeze=False, gridspec_kw={"top": 1 - 1.0 / height})
+    heat = None
+    for i, row in enumerate(axes):
+        stem = Path(subset.dataset.samples[subset.indices[i]][0]).stem
+        overlay.show_cam_on_image(row[0], x[i], None, masks[i], title=("X-ray, lesion outline\n" if i == 0 else "")
+                                  + stem)
+        for ax, m in zip(row[1:], methods):
+            title = (f"{m}\nhit@15px {summary[m]['hit_15px']['mean']:.2f}\n"
+                     f"energy/area {summary[m]['energy_over_area']['mean']:.2f}") if i == 0 else None
+            heat = overlay.show_cam_on_image(ax, x[i], maps[m][i], masks[i], title=title, normalize=False)
+    fig.colorbar(heat, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02, label="normalized map, as scored")
+    fig.suptitle(f"Maps for PNEUMONIA of {run_dir.name} (best.pt); titles: means over "
+                 f"{len(study['seeds'])} seeds, all {study['n_test_images']} test images", fontsize=10)
+    return fig
+
+
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (0 ok, 2 misuse or bad input)."""
@@ -267,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--resamples must be >= 10, got {args.resamples}")
         if not all(c.isalnum() or c in "-_." for c in args.name) or args.name in ("", ".", ".."):
             raise UsageError(f"--name {args.name!r}: use letters, digits, '-', '_' or '.' only")
+        unknown = [m for m in args.figure_methods or [] if m not in METHODS]
+        if unknown:
+            raise UsageError(f"--figure-methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
         cfgs = {k: run_config(args, k) for k in args.seeds}  # every flag checked before any training
         study_dir = Path(args.out_dir) / args.name
         rows = list(METHODS) + list(BASELINES)
@@ -293,11 +363,20 @@ def main(argv: list[str] | None = None) -> int:
         study["wall_s"] = round(time.perf_counter() - t0, 1)
         pipeline.write_json(study_dir / "study.json", study)
         (study_dir / "study.md").write_text(markdown(study))
+        note = None
+        if args.figure:
+            k = args.seeds[0]
+            shown, why = figure_methods(study, args.figure_methods)
+            fig = maps_figure(Path(cfgs[k].out_dir) / cfgs[k].name, cfgs[k], study, shown)
+            fig.savefig(study_dir / FIGURE_FILE, dpi=100, bbox_inches="tight")
+            note = f"{study_dir / FIGURE_FILE}: {', '.join(shown)} ({why}), seed{k}'s best.pt"
     except (UsageError, images.DataError, images.BadImageError, CheckpointError, WeightsUnavailableError,
             ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(markdown(study))
+    if note:
+        print(note)
     return 0
 
 

@@ -98,6 +98,16 @@ def test_ground_truth_contour_is_drawn():
     assert (px[20:40, 19:21] > 200).all(axis=-1).any()  # white pixels on the mask's left edge
 
 
+def test_without_a_map_only_the_xray_and_the_contour_are_drawn():
+    mask = np.zeros((64, 64), bool)
+    mask[20:40, 20:40] = True
+    fig = Figure()
+    ax = fig.add_subplot()
+    assert overlay.show_cam_on_image(ax, normalized(np.full((64, 64), 0.5)), None, mask) is None
+    assert len(ax.images) == 1 and ax.images[0].get_cmap().name == "gray"
+    assert len(ax.collections) == 1  # the contour set
+
+
 def test_save_overlay_writes_png_with_colorbar(tmp_path):
     # A map that is 0 everywhere tints the X-ray blue only: any jet red in the file is the colorbar's.
     path = overlay.save_overlay(tmp_path / "sub" / "a.png", normalized(np.full((64, 64), 0.5)),

@@ -194,3 +194,17 @@ def test_datasets_decode_at_reduced_scale(tiny_kaggle_root, tmp_path):
     ds = data.make_datasets(tiny_kaggle_root, size=32)
     for split in ("train", "val", "test"):
         assert ds[split].loader(str(tmp_path / "big.jpeg")).size == (64, 64), split
+
+
+def test_cpu_description_names_the_kind_and_its_bf16_units(monkeypatch):
+    """What every reported timing carries: model, family/model numbers and the bf16 units, read from
+    the first processor's block of /proc/cpuinfo."""
+    import io
+
+    cpuinfo = ("processor\t: 0\nmodel name\t: AMD EPYC 9R14\ncpu family\t: 25\nmodel\t\t: 17\n"
+               "flags\t\t: fpu avx512f avx512_bf16\n\nprocessor\t: 1\nmodel name\t: other\n")
+    monkeypatch.setattr(runtime, "open", lambda *a, **k: io.StringIO(cpuinfo), raising=False)
+    assert runtime.cpu_description() == "AMD EPYC 9R14 (family 25, model 17), no AMX, AVX512-BF16"
+    monkeypatch.setattr(runtime, "open", lambda *a, **k: io.StringIO(cpuinfo.replace("avx512_bf16", "amx_bf16")),
+                        raising=False)
+    assert runtime.cpu_description().endswith("AMX-BF16, no AVX512-BF16")

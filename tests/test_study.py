@@ -52,6 +52,13 @@ def test_study_end_to_end_and_resume(study_args, tmp_path, monkeypatch, capsys):
     assert "| map | hit@15px | hit@0px | energy/area | Zhou-box IoU | mIoU@val-t |" in table
     assert table.index("| layercam_layer34 |") < table.index("| *gaussian* (baseline) |")
     assert " ± " in table and "Command: `python -m pneumonia_cam.study" in table
+    # the figure: cam and the map with the highest mean energy/area, named on stdout
+    energy = {m: res["summary"][m]["energy_over_area"]["mean"] for m in res["methods"]}
+    best = max(energy, key=energy.get)
+    assert f"maps.png: {', '.join(dict.fromkeys(['cam', best]))} ({best} has" in capsys.readouterr().out
+    figure = folder / study.FIGURE_FILE
+    assert figure.is_file()
+    figure.unlink()
 
     # A second invocation trains and scores nothing: it reads the runs and the cached scores.
     def boom(*a, **k):
@@ -63,6 +70,35 @@ def test_study_end_to_end_and_resume(study_args, tmp_path, monkeypatch, capsys):
     again = json.loads((folder / "study.json").read_text())
     assert again["runs"] == {"0": "reused", "1": "reused"}
     assert again["summary"] == res["summary"]
+    assert figure.is_file()  # drawn again, from the reused run, without scoring
+    figure.unlink()
+    assert study.main([*study_args, "--no-figure"]) == 0 and not figure.exists()
+
+
+def test_maps_figure_shows_the_scored_maps(study_args, tmp_path):
+    """One row per lesion test image (4 in the tiny study), the X-ray then one column per method,
+    and each drawn map is the one that was scored: its pointing game and energy give seed 0's
+    cached per-image scores back."""
+    args = ["--seeds", "0", *study_args[3:]]
+    assert study.main([*args, "--figure-methods", "cam", "gradcam_layer3"]) == 0
+    res = json.loads((tmp_path / "runs" / "s" / "study.json").read_text())
+    cfg = study.run_config(study.build_study_parser().parse_args(args), 0)
+    run_dir = tmp_path / "runs" / "s" / "seed0"
+    fig = study.maps_figure(run_dir, cfg, res, ["cam", "gradcam_layer3"])
+    n = res["n_test_images"]
+    assert len(fig.axes) == n * 3 + 1  # n rows of (X-ray, 2 maps), one colorbar
+    assert fig.axes[1].get_title().startswith("cam\nhit@15px")
+    root, datasets = study.pipeline.load_data(cfg, progress=False)
+    _, masks, _ = study.lesion_split(cfg, datasets["test"], root)
+    scored = json.loads((run_dir / study.SCORES_FILE).read_text())["methods"]
+    for j, m in ((1, "cam"), (2, "gradcam_layer3")):
+        for i in range(n):
+            ax = fig.axes[3 * i + j]
+            drawn = np.asarray(ax.images[1].get_array(), dtype=float)  # the jet layer, (H, W)
+            assert drawn.shape == masks[i].shape and len(ax.collections) == 1  # map and lesion outline
+            assert study.loc.pointing_game(drawn, masks[i]) == scored[m]["test"]["hit_15px"][i]
+            assert study.loc.energy_pointing_game(drawn, masks[i]) == pytest.approx(
+                scored[m]["test"]["energy"][i], abs=1e-5)
 
 
 def test_study_rescores_only_what_is_missing(study_args, tmp_path, monkeypatch):
@@ -89,6 +125,7 @@ def test_study_rescores_only_what_is_missing(study_args, tmp_path, monkeypatch):
     (["--train-args", "--epochs 0"], "--epochs must be >= 1"),
     (["--train-args=--no-such-flag"], "--train-args: unrecognized"),
     (["--seeds", "1", "1"], "--seeds must differ"),
+    (["--figure-methods", "cam", "lime"], "--figure-methods: unknown lime; choose from cam,"),
 ])
 def test_study_misuse_is_one_line_exit_2(tmp_path, capsys, extra, message):
     assert study.main(["--out-dir", str(tmp_path), *extra]) == 2

@@ -405,7 +405,7 @@ def image_scores(
         raw = saliency.saliency_maps(model, x, model_methods, target_class, dilated_model)  # (b, h, w) each
         for name, m in raw.items():
             map_size[name] = list(m.shape[-2:])
-        full = {name: normalize_cam(upsample(m.double().cpu(), size)).numpy() for name, m in raw.items()}
+        full = {name: m.numpy() for name, m in normalized_maps(raw, size).items()}  # (b, H, W) each
         if "gaussian" in methods:
             full["gaussian"] = np.broadcast_to(gaussian_map(size), (len(keep), *size))
         if "random" in methods:
@@ -428,6 +428,19 @@ def image_scores(
     for name in methods:
         map_size.setdefault(name, [])
     return {"area": area, "n_seen": n_seen, "skipped_methods": skipped, "map_size": map_size, "scores": scores}
+
+
+def normalized_maps(raw: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """The maps as they are scored: $S = \\mathrm{minmax}(\\mathrm{ReLU}(\\mathrm{upsample}(M)))$.
+
+    Args:
+        raw: ``{method: (B, h, w)}`` maps on their own grids (:func:`~pneumonia_cam.extensions.saliency.saliency_maps`).
+        size: ``(H, W)``, the model's input size.
+
+    Returns:
+        ``{method: (B, H, W)}`` float64 CPU maps, values in [0, 1].
+    """
+    return {name: normalize_cam(upsample(m.double().cpu(), size)) for name, m in raw.items()}  # (B, h, w) -> (B, H, W)
 
 
 def evaluate_localization(

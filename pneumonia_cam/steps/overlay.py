@@ -70,7 +70,7 @@ def to_gray(x: torch.Tensor) -> np.ndarray:
 def show_cam_on_image(
     ax,
     image: torch.Tensor,
-    cam: torch.Tensor,
+    cam: torch.Tensor | None,
     mask: np.ndarray | None = None,
     alpha: float = 0.5,
     title: str | None = None,
@@ -82,22 +82,25 @@ def show_cam_on_image(
         ax: a matplotlib ``Axes``.
         image: ``(3, H, W)`` normalized input tensor (what the model saw).
         cam: ``(h, w)`` map on the feature grid or ``(H, W)``; upsampled with half-pixel centres.
+            ``None``: the X-ray (and contour) alone, e.g. beside the maps.
         mask: optional ``(H, W)`` bool ground-truth lesion mask, drawn as a white contour.
         alpha: heatmap opacity (0.5: both the map and the anatomy stay readable).
         title: optional axes title.
         normalize: apply ReLU + min-max (set ``False`` if ``cam`` is already in [0, 1]).
 
     Returns:
-        The heatmap's ``AxesImage`` (pass it to ``fig.colorbar``).
+        The heatmap's ``AxesImage`` (pass it to ``fig.colorbar``); ``None`` without ``cam``.
     """
     H, W = image.shape[-2:]
-    cam = cam.detach().double().cpu()
-    if cam.shape != (H, W):
-        cam = upsample(cam, (H, W))  # (h, w) -> (H, W)
-    if normalize:
-        cam = normalize_cam(cam)
     ax.imshow(to_gray(image), cmap="gray", vmin=0, vmax=1)  # 2-D array: cmap applies
-    heat = ax.imshow(cam.numpy(), cmap="jet", alpha=alpha, vmin=0, vmax=1)
+    heat = None
+    if cam is not None:
+        cam = cam.detach().double().cpu()
+        if cam.shape != (H, W):
+            cam = upsample(cam, (H, W))  # (h, w) -> (H, W)
+        if normalize:
+            cam = normalize_cam(cam)
+        heat = ax.imshow(cam.numpy(), cmap="jet", alpha=alpha, vmin=0, vmax=1)
     if mask is not None and np.any(mask):
         ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors="white", linewidths=1.2)
     if title:

@@ -76,18 +76,15 @@ def class_activation_map(
     # Cast the (usually float32) parameters to the features' dtype: float64 features give a
     # float64 map (the equivalence tests), and nothing here needs a gradient.
     weight = weight.detach().to(features)
-    # Every class's map at once: sum over k of w[c, k] * f[b, k, y, x].
-    # A batched matmul over the flattened grid: (C, K) @ (B, K, h*w) -> (B, C, h*w). Same numbers as
-    # einsum("bkhw,ck->bchw"), which first copies NCHW features into a transposed layout; the matmul
-    # reads them where they are.
-    h, w = features.shape[2:]
-    maps = torch.matmul(weight, features.flatten(2)).view(B, C, h, w)  # (B, C, h, w)
     if bias is not None:
         if bias.shape != (C,):
             raise ValueError(f"bias must be ({C},), got shape {tuple(bias.shape)}")
-        maps = maps + bias.detach().to(features).view(1, C, 1, 1)  # the same b_c in every cell
+        bias = bias.detach().to(features)
     if class_idx is None:
-        class_idx = maps.mean((2, 3)).argmax(1)  # (B, C, h, w) -> (B, C) logits -> (B,) prediction
+        # The predicted class from the logits, without computing any map: the spatial mean of M_c
+        # is w^c . GAP(f), so logits = GAP(f) W^T + b. (B, K, h, w) -> (B, K) -> (B, C) -> (B,)
+        logits = features.mean((2, 3)) @ weight.T
+        class_idx = (logits if bias is None else logits + bias).argmax(1)
     idx = torch.as_tensor(class_idx, device=features.device).long()
     if idx.ndim == 0:
         idx = idx.expand(B)  # one int for every image -> (B,)
@@ -95,7 +92,15 @@ def class_activation_map(
         raise ValueError(f"class_idx must be an int or a ({B},) tensor, got {tuple(idx.shape)}")
     if idx.min() < 0 or idx.max() >= C:
         raise ValueError(f"class_idx must be in [0, {C}), got {idx.tolist()}")
-    return maps[torch.arange(B, device=features.device), idx]  # (B, C, h, w) -> (B, h, w)
+    # Only the map each image needs: sum over k of w[c_b, k] * f[b, k, y, x], one batched matrix
+    # product over the flattened grid. flatten(2) is a view in both layouts (NCHW and channels_last),
+    # so the features are read where they are, never copied.
+    w_b = weight[idx]  # (B, K): row c_b of the head for image b
+    h, w = features.shape[2:]
+    maps = torch.bmm(w_b.unsqueeze(1), features.flatten(2)).view(B, h, w)  # (B, 1, K) @ (B, K, h*w) -> (B, h, w)
+    if bias is not None:
+        maps = maps + bias[idx].view(B, 1, 1)  # the same b_c in every cell
+    return maps
 
 
 def normalize_cam(cam: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

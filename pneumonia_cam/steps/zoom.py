@@ -52,10 +52,38 @@ def zoom_half_pixel(cam: np.ndarray, factor: int = 32) -> np.ndarray:
     return ndimage.zoom(cam, zoom=(factor, factor), order=1, grid_mode=True, mode="nearest")
 
 
+def interpolation_matrix(
+    n_in: int, n_out: int, align_corners: bool = False, dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    r"""1-D linear interpolation from ``n_in`` cells to ``n_out`` pixels, as a matrix.
+
+    Row $i$ holds the weights with which output pixel $i$ mixes the input cells: at most two
+    non-zero weights, summing to 1. Built by interpolating the ``n_in`` unit signals with
+    ``F.interpolate(mode="linear")``, so it places the grid exactly as ``F.interpolate`` does.
+
+    Returns:
+        ``(n_out, n_in)`` matrix $A$ with $\text{upsampled} = A \, \text{signal}$.
+    """
+    units = torch.eye(n_in, dtype=dtype, device=device).unsqueeze(0)  # (1, n_in, n_in): one unit signal per row
+    return F.interpolate(units, size=n_out, mode="linear", align_corners=align_corners)[0].T  # (n_out, n_in)
+
+
 def upsample(
     cams: torch.Tensor, size: int | tuple[int, int], align_corners: bool = False
 ) -> torch.Tensor:
-    """Bilinear upsampling of a batch of maps, on whatever device they are.
+    r"""Bilinear upsampling of a batch of maps, on whatever device they are.
+
+    Bilinear interpolation is separable: interpolate every column, then every row. With
+    $A_H$ (``H x h``) and $A_W$ (``W x w``) from :func:`interpolation_matrix`,
+
+    $$
+    \text{up}(M) = A_H \, M \, A_W^\top,
+    $$
+
+    two small matrix products per map: the same numbers as
+    ``F.interpolate(mode="bilinear", align_corners=...)`` (tested to 1e-10 in float64), several
+    times faster on a CPU for a batch of 7x7 maps.
 
     Args:
         cams: ``(B, h, w)`` maps (or one ``(h, w)`` map).
@@ -68,9 +96,8 @@ def upsample(
     """
     if cams.ndim not in (2, 3):
         raise ValueError(f"cams must be (B, h, w) or (h, w), got shape {tuple(cams.shape)}")
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    x = cams.unsqueeze(-3)  # (B, h, w) -> (B, 1, h, w): interpolate wants a channel axis
-    if x.ndim == 3:
-        x = x.unsqueeze(0)  # (1, h, w) -> (1, 1, h, w)
-    out = F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
-    return out.view(*cams.shape[:-2], *size)  # (B, 1, H, W) -> (B, H, W)
+    H, W = (size, size) if isinstance(size, int) else tuple(size)
+    h, w = cams.shape[-2:]
+    a_h = interpolation_matrix(h, H, align_corners, cams.dtype, cams.device)  # (H, h)
+    a_w = interpolation_matrix(w, W, align_corners, cams.dtype, cams.device)  # (W, w)
+    return a_h @ cams @ a_w.T  # (H, h) @ (B, h, w) @ (w, W) -> (B, H, W)

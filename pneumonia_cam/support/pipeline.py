@@ -48,7 +48,11 @@ from pneumonia_cam.support.checkpoint import (
     save_checkpoint,
 )
 from pneumonia_cam.support.config import TrainConfig
-from pneumonia_cam.support.runtime import resolve_precision, seed_everything
+from pneumonia_cam.support.runtime import (
+    cpu_description,
+    resolve_precision,
+    seed_everything,
+)
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
 
@@ -85,7 +89,7 @@ def machine_info(device: torch.device) -> dict:
             "torchvision": torchvision.__version__, "pneumonia_cam": __version__,
             "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()}
 
 
 # ------------------------------------------------------------------------------------------ 1. data

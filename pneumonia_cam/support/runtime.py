@@ -8,6 +8,7 @@ bf16 autocast runs the matmuls and convolutions in bfloat16 where the hardware h
 from __future__ import annotations
 
 import contextlib
+import platform
 import random
 
 import numpy as np
@@ -108,3 +109,28 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def cpu_description() -> str:
+    """The CPU kind, for every reported timing: ``"AMD EPYC (family 26, model 2), AVX512-BF16, no AMX"``.
+
+    Read from ``/proc/cpuinfo`` (Linux); elsewhere ``platform.processor()``. The bf16 units decide
+    which kernels bf16 autocast runs, so two CPUs of one brand can give different timings and
+    different (each bit-reproducible) training trajectories.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in info.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    units = ", ".join(["AMX-BF16" if "amx_bf16" in flags else "no AMX",
+                       "AVX512-BF16" if "avx512_bf16" in flags else "no AVX512-BF16"])
+    return (f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family', '?')}, "
+            f"model {fields.get('model', '?')}), {units}")
