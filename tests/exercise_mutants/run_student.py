@@ -53,7 +53,7 @@ def main(spec_path: str, out_path: str, basetemp: str) -> None:
                                 "-p", "no:unraisableexception", "--tb=line", f"--basetemp={basetemp}/{i}"],
                                plugins=[recorder])
         results[run["name"]] = {"exit": int(code), "errors": recorder.errors, "reports": recorder.reports,
-                                "output": output.getvalue()[-6000:]}
+                                "output": output.getvalue()}  # whole: the summary line's place depends on the terminal width
     with open(out_path, "w", encoding="utf-8") as f:
         json.dump(results, f)
 
