@@ -101,15 +101,11 @@ def score_maps(maps: np.ndarray, masks: Sequence[np.ndarray], tolerance: float =
             over area as the mean energy divided by the mean lesion fraction, as in
             :func:`pneumonia_cam.extensions.localization.evaluate_localization`).
     """
-    hit0, hit15, energy, iou, area = [], [], [], [], []
-    for s, mask in zip(maps, masks):
-        hit0.append(loc.hit_0px(s, mask))
-        hit15.append(loc.pointing_game(s, mask, tolerance))
-        energy.append(loc.energy_pointing_game(s, mask))
-        iou.append(loc.best_box_iou(loc.zhou_box(s), loc.mask_boxes(mask)))
-        area.append(float(mask.mean()))
-    return {"hit_0px": float(np.mean(hit0)), "hit_15px": float(np.mean(hit15)),
-            "energy_over_area": float(np.mean(energy) / np.mean(area)), "box_iou": float(np.mean(iou))}
+    per_image = [loc.map_scores(s, mask, tolerance) for s, mask in zip(maps, masks)]
+    mean = {key: float(np.mean([p[key] for p in per_image])) for key in ("hit_0px", "hit_15px", "energy", "box_iou")}
+    area = float(np.mean([mask.mean() for mask in masks]))
+    return {"hit_0px": mean["hit_0px"], "hit_15px": mean["hit_15px"],
+            "energy_over_area": mean["energy"] / area, "box_iou": mean["box_iou"]}
 
 
 def ceiling_maps(masks: Sequence[np.ndarray], grid: int) -> np.ndarray:

@@ -271,6 +271,29 @@ def threshold_ious(saliency: np.ndarray, mask: np.ndarray, thresholds: Sequence[
     return inter / union  # union >= |G| > 0
 
 
+def map_scores(saliency: np.ndarray, mask: np.ndarray, tolerance: float = 15.0, threshold: float = 0.2,
+               thresholds: Sequence[float] = ()) -> dict:
+    """Every metric of one normalized map against one lesion mask.
+
+    Args:
+        saliency: ``(H, W)`` normalized map, values in [0, 1].
+        mask: ``(H, W)`` bool lesion mask, at least one True pixel.
+        tolerance: pointing-game tolerance in pixels.
+        threshold: Zhou's box threshold, a fraction of the map's maximum.
+        thresholds: the levels of :func:`threshold_ious`; none (the default) skips them.
+
+    Returns:
+        ``{"hit_15px", "hit_0px", "energy", "box_iou"}``, plus ``"ious"`` (a list, one IoU per
+            level) when ``thresholds`` is not empty.
+    """
+    out = {"hit_15px": pointing_game(saliency, mask, tolerance), "hit_0px": hit_0px(saliency, mask),
+           "energy": energy_pointing_game(saliency, mask),
+           "box_iou": best_box_iou(zhou_box(saliency, threshold), mask_boxes(mask))}
+    if len(thresholds):
+        out["ious"] = threshold_ious(saliency, mask, thresholds).tolist()
+    return out
+
+
 def choose_threshold(val_ious: np.ndarray, thresholds: Sequence[float] = THRESHOLDS) -> tuple[float, int]:
     """The level with the best mean IoU over the *validation* images (Saporta et al. 2022).
 
@@ -351,10 +374,12 @@ def image_scores(
     seed: int = 0,
     progress: bool = False,
 ) -> dict:
-    """Every metric of every method, per lesion image: what :func:`evaluate_localization` averages.
+    """Every metric of every method, per lesion image (:func:`map_scores`): what
+    :func:`evaluate_localization` averages.
 
     Arguments as in :func:`evaluate_localization`, plus ``thresholds`` (the levels of
-    :func:`threshold_ious`) and ``progress`` (a tqdm bar over batches).
+    :func:`threshold_ious`; an empty sequence skips them and leaves ``"ious"`` empty) and
+    ``progress`` (a tqdm bar over batches).
 
     Returns:
         ``{"area": [lesion fraction per image], "n_seen", "skipped_methods", "map_size": {method:
@@ -417,12 +442,8 @@ def image_scores(
             full["correct_lung"] = np.stack([correct_lung_map(lung, m) for lung, m in zip(lungs, bm)])
         for name in methods:
             for s, gt in zip(full[name], bm):
-                out = scores[name]
-                out["hit_15px"].append(pointing_game(s, gt, tolerance))
-                out["hit_0px"].append(hit_0px(s, gt))
-                out["energy"].append(energy_pointing_game(s, gt))
-                out["box_iou"].append(best_box_iou(zhou_box(s, threshold), mask_boxes(gt)))
-                out["ious"].append(threshold_ious(s, gt, thresholds).tolist())
+                for key, value in map_scores(s, gt, tolerance, threshold, thresholds).items():
+                    scores[name][key].append(value)
     if n_seen != len(masks):
         raise ValueError(f"got {n_seen} images but {len(masks)} masks")
     for name in methods:
@@ -487,9 +508,10 @@ def evaluate_localization(
             "box_iou", "box_acc", "energy_over_area", "map_size"}, "skipped_methods": [...]}``;
             plain numbers and lists.
     """
+    # No thresholded IoUs: nothing here averages them (the study does, with a threshold from val).
     res = image_scores(model, loader_or_images, masks, methods, lung_masks=lung_masks,
                        dilated_model=dilated_model, target_class=target_class, tolerance=tolerance,
-                       threshold=threshold, batch_size=batch_size, seed=seed)
+                       threshold=threshold, thresholds=(), batch_size=batch_size, seed=seed)
     n = len(res["area"])
     area = _mean(res["area"])
     out: dict = {

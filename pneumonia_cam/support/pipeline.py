@@ -263,7 +263,9 @@ def localize(model: nn.Module, test_ds, test_loader, root: Path, run_dir: Path, 
     result = None
     if masks is not None:
         # The lung baselines: uniform over both lung fields, and over the lung that holds the lesion.
-        lungs = [localization.align_mask(phantoms.load_lung_mask(root, "test", stem), tf) for stem in stems]
+        # Only the lesion images are scored: NORMAL ones keep an empty stand-in, never read.
+        lungs = [localization.align_mask(phantoms.load_lung_mask(root, "test", stem), tf) if mask.any()
+                 else np.zeros_like(mask) for stem, mask in zip(stems, masks)]
         # The methods that come from one forward and backward pass; the dilated network and the
         # other maps are scored by `python -m pneumonia_cam.study`.
         methods = [m for m in localization.DEFAULT_METHODS if m != "dilated_cam"]
