@@ -100,6 +100,42 @@ def grad_cams(
     (so the CAM can be computed from ``layer4``'s without another forward pass), and the model's
     ``(B, C)`` output.
     """
+    features, grads, log_probs = layer_gradients(model, layers, x, class_idx, output, linear)
+    return [grad_cam_map(f, g) for f, g in zip(features, grads)], features, log_probs
+
+
+def grad_cam_map(features: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """$L^c = \\sum_k \\alpha^c_k A_k$ with $\\alpha^c_k$ the gradient averaged over the grid.
+
+    Args:
+        features: ``(B, K, h, w)`` activations $A_k$.
+        grads: ``(B, K, h, w)`` gradients of the class score with respect to them.
+
+    Returns:
+        ``(B, h, w)`` raw maps (before ReLU).
+    """
+    alpha = grads.mean((2, 3))  # (B, K, h, w) -> (B, K): alpha_k^c
+    return torch.einsum("bk,bkhw->bhw", alpha, features)  # (B, K), (B, K, h, w) -> (B, h, w)
+
+
+def layer_gradients(
+    model: nn.Module,
+    layers: Sequence[nn.Module],
+    x: torch.Tensor,
+    class_idx: int | torch.Tensor | None = None,
+    output: Literal["logit", "logprob"] = "logit",
+    linear: nn.Linear | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """The activations of ``layers`` and the gradients of the class score with respect to them.
+
+    One forward and one backward pass, whatever the number of layers. Arguments as in
+    :func:`grad_cam`, with a list of ``layers``.
+
+    Returns:
+        features (list[torch.Tensor]): per layer the detached ``(B, K, h, w)`` activation.
+        grads (list[torch.Tensor]): per layer the ``(B, K, h, w)`` gradient of each image's score.
+        log_probs (torch.Tensor): the model's detached ``(B, C)`` output.
+    """
     if output not in ("logit", "logprob"):
         raise ValueError(f'output must be "logit" or "logprob", got {output!r}')
     linear = head_linear(model) if linear is None else linear
@@ -120,11 +156,7 @@ def grad_cams(
     finally:
         for h in hooks:
             h.remove()
-    maps = []
-    for g, h in zip(grads, hooks):
-        alpha = g.mean((2, 3))  # (B, K, h, w) -> (B, K): alpha_k^c
-        maps.append(torch.einsum("bk,bkhw->bhw", alpha, h.features))  # (B, K), (B, K, h, w) -> (B, h, w)
-    return maps, [h.features for h in hooks], log_probs.detach()
+    return [h.features for h in hooks], list(grads), log_probs.detach()
 
 
 def class_maps(

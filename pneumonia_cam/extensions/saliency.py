@@ -42,8 +42,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pneumonia_cam.extensions.gradcam import grad_cam_map, layer_gradients
 from pneumonia_cam.steps.hook import LayerActivations
-from pneumonia_cam.steps.weighted_sum import cam_from_model, class_activation_map, head_linear, normalize_cam
+from pneumonia_cam.steps.weighted_sum import (
+    cam_from_model,
+    class_activation_map,
+    head_linear,
+    normalize_cam,
+)
 from pneumonia_cam.steps.zoom import upsample
 
 #: The methods :func:`saliency_maps` can compute.
@@ -154,31 +160,24 @@ def saliency_maps(
     if "dilated_cam" in methods and dilated_model is None:
         raise ValueError("dilated_cam needs dilated_model, e.g. dilate_layer4_(copy.deepcopy(model))")
     linear = head_linear(model)
-    layers = [model.layer4] + ([model.layer3] if _NEEDS_LAYER3 & set(methods) else [])
-    hooks = [LayerActivations(layer, keep_graph=True) for layer in layers]
-    try:
-        # One forward pass for every layer3/layer4 map; one backward pass when a gradient is needed.
-        with torch.set_grad_enabled(bool(_NEEDS_GRAD & set(methods))), \
-                LayerActivations(linear, keep_graph=True) as head:
+    if _NEEDS_GRAD & set(methods):
+        # One forward and one backward pass for every layer3/layer4 map.
+        layers = [model.layer4] + ([model.layer3] if _NEEDS_LAYER3 & set(methods) else [])
+        feats, grads, _ = layer_gradients(model, layers, x, target_class, linear=linear)
+    else:
+        with torch.no_grad(), LayerActivations(model.layer4) as acts:
             model(x)  # (B, 3, H, W) -> (B, C)
-            grads = [None] * len(hooks)
-            if torch.is_grad_enabled():
-                score = head.output[:, target_class].sum()  # (B, C) -> (): images do not interact in eval mode
-                grads = list(torch.autograd.grad(score, [h.output for h in hooks]))  # each (B, K, h, w)
-    finally:
-        for h in hooks:
-            h.remove()
-    feats = [h.features for h in hooks]
+        feats, grads = [acts.features], [None]
     maps: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         cam = class_activation_map(feats[0], linear.weight, target_class)  # (B, K, h, w) -> (B, h, w)
         for name in methods:
             if name == "cam":
                 maps[name] = cam
-            elif name == "gradcam":  # alpha_k = mean gradient: (B, K, h, w) -> (B, K)
-                maps[name] = torch.einsum("bk,bkhw->bhw", grads[0].mean((2, 3)), feats[0])
+            elif name == "gradcam":
+                maps[name] = grad_cam_map(feats[0], grads[0])
             elif name == "gradcam_layer3":
-                maps[name] = torch.einsum("bk,bkhw->bhw", grads[1].mean((2, 3)), feats[1])
+                maps[name] = grad_cam_map(feats[1], grads[1])
             elif name == "layercam_layer3":
                 maps[name] = layer_cam(feats[1], grads[1])
             elif name == "layercam_layer34":
