@@ -44,7 +44,7 @@ from pneumonia_cam.support.config import PRESETS, TrainConfig
 from pneumonia_cam.support.runtime import resolve_device, resolve_precision
 
 # Fields a resumed run may change: they do not alter what is computed (epochs extends the run).
-RESUMABLE_OVERRIDES = {"epochs", "workers", "device", "feature_cache_dir", "offline"}
+RESUMABLE_OVERRIDES = {"epochs", "workers", "device", "feature_cache_dir", "offline", "memory_mb"}
 
 
 class UsageError(Exception):
@@ -120,6 +120,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.val_from_train is None or 0 < cfg.val_from_train < 1,
          f"--val-from-train must be a fraction in (0, 1), got {cfg.val_from_train}"),
         (cfg.workers is None or cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}"),
+        (cfg.memory_mb >= 0, f"--memory-mb must be >= 0, got {cfg.memory_mb}"),
         (cfg.freeze_backbone or not cfg.cache_features,
          "--cache-features needs --freeze-backbone: a trainable backbone changes the features at every step"),
         (cfg.feature_views >= 0, f"--feature-views must be >= 0, got {cfg.feature_views}"),

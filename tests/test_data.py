@@ -264,3 +264,37 @@ def test_loaders_shuffle_train_only_seeded_and_pick_workers_sensibly():
     tiny = make_loaders({"train": TensorDataset(torch.zeros(5))}, 8)
     assert tiny["train"].num_workers == 0 and tiny["train"].persistent_workers is False
     assert make_loaders(ds, 8, device="cuda")["val"].pin_memory is True
+
+
+@pytest.mark.filterwarnings("ignore:.*skipped")  # the fixture's junk files
+def test_images_kept_in_memory_give_the_same_samples_and_are_decoded_once(kaggle, monkeypatch):
+    """Decode + Resize run once per image; the random augmentation still runs every epoch."""
+    from pneumonia_cam.support import images
+    from pneumonia_cam.support.splits import with_transform
+
+    plain = make_datasets(kaggle, size=32)["train"]
+    kept = make_datasets(kaggle, size=32)["train"]
+    images.keep_in_memory(kept, 2**20)
+    decoded = Counter()
+    real = kept.loader
+    kept.loader = lambda path: decoded.update([path]) or real(path)
+    for epoch in range(3):
+        for ds in (plain, kept):
+            torch.manual_seed(epoch)  # the same augmentation draws for both
+            ds.samples_now = [ds[i][0] for i in range(len(ds))]
+        assert all(torch.equal(a, b) for a, b in zip(plain.samples_now, kept.samples_now))
+    assert len(decoded) == len(kept) and set(decoded.values()) == {1}  # each file once in three epochs
+    torch.manual_seed(0)
+    first = kept[0][0]
+    torch.manual_seed(1)
+    assert not torch.equal(first, kept[0][0])  # still augmented afresh
+
+    # A copy with another transform keeps its own images, of its own size.
+    small = with_transform(kept, make_datasets(kaggle, size=16)["val"].transform)
+    assert small[0][0].shape == (3, 16, 16) and kept[0][0].shape == (3, 32, 32)
+
+    # The budget is respected: nothing is kept beyond it (32 x 32 RGB = 3072 bytes per image).
+    tight = make_datasets(kaggle, size=32)["train"]
+    images.keep_in_memory(tight, 2 * 3072)
+    _ = [tight[i] for i in range(len(tight))]
+    assert len(tight._memory.images) == 2 and tight._memory.used == 2 * 3072

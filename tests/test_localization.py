@@ -357,3 +357,18 @@ def test_image_scores_per_image_and_the_lung_baselines():
     out = loc.evaluate_localization(BrightnessNet(), x, masks, lung_masks=lungs, tolerance=4)
     assert out["correct_lung"]["energy_over_area"] > out["lung_prior"]["energy_over_area"]
     assert out["cam"]["hit_0px"] == 1.0
+
+
+def test_map_scores_with_a_precomputed_lesion_equal_those_with_the_mask():
+    """image_scores computes each mask's distances and boxes once for every map: same numbers."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[10:20, 30:45] = True
+    mask[40:44, 5:9] = True  # two lesions, two boxes
+    lesion = loc.Lesion.of(mask)
+    assert lesion.boxes == loc.mask_boxes(mask) and lesion.distance[15, 35] == 0 and lesion.distance[15, 50] == 6
+    for _ in range(5):
+        s = rng.random((64, 64)) ** 4
+        assert loc.map_scores(s, lesion, thresholds=(0.3, 0.6)) == loc.map_scores(s, mask, thresholds=(0.3, 0.6))
+    with pytest.raises(ValueError, match="differ in shape"):
+        loc.map_scores(np.ones((32, 32)), lesion)

@@ -94,6 +94,7 @@ def test_existing_run_is_refused_then_overwritten(tiny_train_args, tmp_path, cap
     (["--lr", "-1"], "--lr must be > 0"),
     (["--val-from-train", "1.5"], "--val-from-train"),
     (["--image-size", "8"], "--image-size"),
+    (["--memory-mb", "-1"], "--memory-mb must be >= 0"),
     (["--data-dir", "/nonexistent/chest_xray"], "/nonexistent/chest_xray"),
     (["--weights", "/nonexistent/w.pth"], "/nonexistent/w.pth"),
     (["--resume"], "last.pt"),
@@ -211,3 +212,34 @@ def test_early_epochs_train_on_smaller_images_and_validate_at_full_size(tiny_tra
     calls.clear()
     assert train.main(args + ["--name", "big", "--early-image-size", "64"]) == 0
     assert calls == [(48, 48, 3, None)]
+
+
+def test_validation_outputs_of_the_best_epoch_are_reused_not_recomputed(monkeypatch):
+    """evaluate_splits takes val from fit's best epoch: the same numbers as scoring val again."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pneumonia_cam.steps.fit import FitConfig, fit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 6, generator=g)
+    ds = TensorDataset(x, (x[:, 0] > 0).long())
+    loaders = {"train": DataLoader(ds, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)),
+               "val": DataLoader(TensorDataset(x[:24] + 0.3, (x[:24, 0] > 0).long()), batch_size=8),
+               "test": DataLoader(ds, batch_size=8)}
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 2), torch.nn.LogSoftmax(dim=1))
+    state = fit(model, loaders, FitConfig(epochs=3, lr=0.05, device="cpu", precision="fp32"))
+    trained = pipeline.Trained(state, model, loaders, "fp32", "fp32")
+
+    scored = []
+    real = pipeline.evaluate
+    monkeypatch.setattr(pipeline, "evaluate", lambda *a, desc, **k: scored.append(desc) or real(*a, desc=desc, **k))
+    reused, _ = pipeline.evaluate_splits(trained, torch.device("cpu"), False, False)
+    assert scored == ["test"]  # val was not forwarded again
+
+    without = dict(state, best={k: v for k, v in state["best"].items() if not k.startswith("val_") or k in
+                                ("val_acc", "val_loss")})
+    again, _ = pipeline.evaluate_splits(pipeline.Trained(without, model, loaders, "fp32", "fp32"),
+                                        torch.device("cpu"), False, False)
+    assert scored == ["test", "val", "test"]
+    assert reused == again

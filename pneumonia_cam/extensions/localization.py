@@ -42,6 +42,7 @@ averages them into a JSON-ready dict (the train command writes it into ``metrics
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -80,10 +81,17 @@ def pointing_game(saliency: np.ndarray, mask: np.ndarray, tolerance: float = 15.
         tolerance: in pixels, Euclidean; 0 means the maximum must be on the lesion itself.
     """
     mask = _check_pair(saliency, mask)
-    y, x = np.unravel_index(np.argmax(saliency), saliency.shape)
-    # Distance of every pixel to the nearest lesion pixel (0 on the lesion).
-    dist = ndimage.distance_transform_edt(~mask)  # (H, W)
-    return bool(dist[y, x] <= tolerance)
+    return _peak_within(saliency, lesion_distance(mask), tolerance)
+
+
+def lesion_distance(mask: np.ndarray) -> np.ndarray:
+    """``(H, W)`` Euclidean distance in pixels from every pixel to the nearest lesion pixel (0 on it)."""
+    return ndimage.distance_transform_edt(~mask)
+
+
+def _peak_within(saliency: np.ndarray, distance: np.ndarray, tolerance: float) -> bool:
+    y, x = np.unravel_index(np.argmax(saliency), saliency.shape)  # ties: the first pixel in row order
+    return bool(distance[y, x] <= tolerance)
 
 
 def energy_pointing_game(saliency: np.ndarray, mask: np.ndarray) -> float:
@@ -271,13 +279,29 @@ def threshold_ious(saliency: np.ndarray, mask: np.ndarray, thresholds: Sequence[
     return inter / union  # union >= |G| > 0
 
 
-def map_scores(saliency: np.ndarray, mask: np.ndarray, tolerance: float = 15.0, threshold: float = 0.2,
+@dataclass(frozen=True)
+class Lesion:
+    """One lesion mask and what every map is scored against, computed once per image
+    (:meth:`of`) however many maps are scored on it."""
+
+    mask: np.ndarray  # (H, W) bool, at least one True pixel
+    distance: np.ndarray  # (H, W) pixels to the nearest lesion pixel (lesion_distance)
+    boxes: list[Box]  # one per connected lesion (mask_boxes)
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> "Lesion":
+        mask = np.asarray(mask, dtype=bool)
+        return cls(mask, lesion_distance(mask), mask_boxes(mask))
+
+
+def map_scores(saliency: np.ndarray, mask: np.ndarray | Lesion, tolerance: float = 15.0, threshold: float = 0.2,
                thresholds: Sequence[float] = ()) -> dict:
     """Every metric of one normalized map against one lesion mask.
 
     Args:
         saliency: ``(H, W)`` normalized map, values in [0, 1].
-        mask: ``(H, W)`` bool lesion mask, at least one True pixel.
+        mask: ``(H, W)`` bool lesion mask, at least one True pixel; or its :class:`Lesion`, when several
+            maps are scored against the same mask.
         tolerance: pointing-game tolerance in pixels.
         threshold: Zhou's box threshold, a fraction of the map's maximum.
         thresholds: the levels of :func:`threshold_ious`; none (the default) skips them.
@@ -286,9 +310,11 @@ def map_scores(saliency: np.ndarray, mask: np.ndarray, tolerance: float = 15.0, 
         ``{"hit_15px", "hit_0px", "energy", "box_iou"}``, plus ``"ious"`` (a list, one IoU per
             level) when ``thresholds`` is not empty.
     """
-    out = {"hit_15px": pointing_game(saliency, mask, tolerance), "hit_0px": hit_0px(saliency, mask),
+    lesion = mask if isinstance(mask, Lesion) else Lesion.of(mask)
+    mask = _check_pair(saliency, lesion.mask)
+    out = {"hit_15px": _peak_within(saliency, lesion.distance, tolerance), "hit_0px": hit_0px(saliency, mask),
            "energy": energy_pointing_game(saliency, mask),
-           "box_iou": best_box_iou(zhou_box(saliency, threshold), mask_boxes(mask))}
+           "box_iou": best_box_iou(zhou_box(saliency, threshold), lesion.boxes)}
     if len(thresholds):
         out["ious"] = threshold_ious(saliency, mask, thresholds).tolist()
     return out
@@ -440,9 +466,10 @@ def image_scores(
             full["lung_prior"] = np.stack([lung_prior_map(lung) for lung in lungs])
         if "correct_lung" in methods:
             full["correct_lung"] = np.stack([correct_lung_map(lung, m) for lung, m in zip(lungs, bm)])
+        lesions = [Lesion.of(m) for m in bm]  # once per image, shared by every method
         for name in methods:
-            for s, gt in zip(full[name], bm):
-                for key, value in map_scores(s, gt, tolerance, threshold, thresholds).items():
+            for s, lesion in zip(full[name], lesions):
+                for key, value in map_scores(s, lesion, tolerance, threshold, thresholds).items():
                     scores[name][key].append(value)
     if n_seen != len(masks):
         raise ValueError(f"got {n_seen} images but {len(masks)} masks")

@@ -175,7 +175,8 @@ def fit(model: nn.Module, loaders: Mapping[str, Iterable], config: FitConfig | N
     Returns:
         The state after the last epoch, a dict of weights_only-safe values: ``model``, ``optimizer`` and
             ``scheduler`` state dicts; ``epoch`` (completed epochs); ``history`` (one dict per epoch: ``epoch,
-            lr, train_loss, train_acc, val_loss, val_acc``); ``best`` (``epoch, val_acc, val_loss, model``);
+            lr, train_loss, train_acc, val_loss, val_acc``); ``best`` (``epoch, val_acc, val_loss, model``, and
+            that epoch's validation outputs ``val_y_true`` (N,) and ``val_probs`` (N, C) as tensors);
             ``rng``; ``timing`` (``epoch_seconds``); ``precision``. The model is left holding the **best**
             weights.
     """
@@ -232,7 +233,9 @@ def fit(model: nn.Module, loaders: Mapping[str, Iterable], config: FitConfig | N
                         "val_loss": va["loss"], "val_acc": va["acc"]})
         # Model selection on validation only: higher accuracy wins, equal accuracy -> lower loss.
         if (va["acc"], -va["loss"]) > (best["val_acc"], -best["val_loss"]):
-            best = {"epoch": epoch, "val_acc": va["acc"], "val_loss": va["loss"], "model": _cpu_state(model)}
+            # The validation outputs too: they are what a re-evaluation of these weights would give.
+            best = {"epoch": epoch, "val_acc": va["acc"], "val_loss": va["loss"], "model": _cpu_state(model),
+                    "val_y_true": torch.as_tensor(va["y_true"]), "val_probs": torch.as_tensor(va["probs"])}
         if log is not None:
             log(f"epoch {epoch:>3}/{cfg.epochs}  lr {lr:.2e}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}"
                 f"  val loss {va['loss']:.4f} acc {va['acc']:.4f}  {epoch_seconds[-1]:.1f}s"

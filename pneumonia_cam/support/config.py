@@ -40,6 +40,10 @@ class TrainConfig:
     max_eval_samples: int | None = _f(None, "use a seeded random subset of this many val and test images")
     strict_data: bool = _f(False, "stop with one error listing the unreadable images (empty, truncated, DICOM, ...) "
                                   "instead of skipping them with a warning")
+    # Decoding a file and resizing it gives the same pixels every epoch; only the augmentation after
+    # them is random. Keeping those pixels saves most of the per-image cost of later epochs.
+    memory_mb: int = _f(1024, "keep each decoded, resized image in memory from its first use on, up to this "
+                              "many MB per split and process (0: decode every image every epoch)")
     # Phantom data set (used when data_dir is None). Rendering difficulty is fixed in phantoms.py;
     # only the counts, size and seed are run settings. Their defaults are PhantomConfig's, so the demo
     # shares its cached data set with every other default use of the phantoms.

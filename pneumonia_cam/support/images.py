@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -217,12 +218,49 @@ class ChestXrayFolder(ImageFolder):
                 if i not in self.targets:
                     raise DataError(f"{root / c}: no readable image left; fix: put PNG/JPEG images in it")
 
+    def keep_in_memory(self, max_bytes: int) -> None:
+        """Decode each image once: keep it, after the transform's leading deterministic steps
+        (``Resize``, ``CenterCrop``), for every later epoch, up to ``max_bytes`` of pixels.
+
+        The random steps (rotation, flip) and the tensor conversion still run on every access, so
+        the samples are exactly those without the memory. The memory belongs to this dataset and its
+        transform: a copy (:func:`pneumonia_cam.support.splits.with_transform`) starts empty, and so
+        does each DataLoader worker process.
+        """
+        self._memory = _Memory(max_bytes)
+
+    def __copy__(self):
+        view = type(self).__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        if getattr(self, "_memory", None) is not None:
+            view._memory = _Memory(self._memory.max_bytes)
+        return view
+
+    def _load(self, i: int):
+        """``(image, target)`` with the transforms applied, through the memory when one is kept."""
+        memory = getattr(self, "_memory", None)
+        if memory is None:
+            return super().__getitem__(i)
+        path, target = self.samples[i]
+        fixed, rest = _deterministic_prefix(self.transform)
+        img = memory.get(i, self.transform)
+        if img is None:
+            img = self.loader(path)
+            for step in fixed:
+                img = step(img)
+            memory.put(i, self.transform, img)
+        for step in rest:
+            img = step(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
     def __getitem__(self, index: int):
         """The sample at ``index``; if its file became unreadable since the scan, the next good one."""
         for k in range(len(self.samples)):
             i = (index + k) % len(self.samples)
             try:
-                return super().__getitem__(i)
+                return self._load(i)
             except BadImageError as e:
                 if self.strict:
                     raise DataError(str(e)) from None  # DataError(msg) survives DataLoader worker re-raising
@@ -241,3 +279,38 @@ class ChestXrayFolder(ImageFolder):
                 "(NORMAL=0, PNEUMONIA=1); fix: point to a split folder in Kaggle layout"
             )
         return classes, {c: i for i, c in enumerate(classes)}
+
+
+# ------------------------------------------------------------------------------ images in memory
+class _Memory:
+    """Images by sample index for one transform, up to ``max_bytes`` of pixels (then no more are added)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.used, self.images, self.transform = int(max_bytes), 0, {}, None
+
+    def get(self, i: int, transform):
+        if transform is not self.transform:  # the transform was replaced: what is kept no longer applies
+            self.images, self.used, self.transform = {}, 0, transform
+        return self.images.get(i)
+
+    def put(self, i: int, transform, img) -> None:
+        size = img.width * img.height * len(img.getbands()) if isinstance(img, Image.Image) else None
+        if size is not None and self.used + size <= self.max_bytes and transform is self.transform:
+            self.images[i], self.used = img, self.used + size
+
+
+def _deterministic_prefix(transform) -> tuple[list, list]:
+    """Split a transform into its leading deterministic PIL steps and the rest."""
+    steps = list(transform.transforms) if isinstance(transform, T.Compose) else ([transform] if transform else [])
+    n = 0
+    while n < len(steps) and type(steps[n]) in (T.Resize, T.CenterCrop):
+        n += 1
+    return steps[:n], steps[n:]
+
+
+def keep_in_memory(dataset, max_bytes: int) -> None:
+    """:meth:`ChestXrayFolder.keep_in_memory` for the folder under ``dataset`` (through ``Subset`` views)."""
+    while hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    if isinstance(dataset, ChestXrayFolder) and max_bytes > 0:
+        dataset.keep_in_memory(max_bytes)

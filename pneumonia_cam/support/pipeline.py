@@ -121,6 +121,7 @@ def load_data(cfg: TrainConfig, progress: bool = True) -> tuple[Path, dict]:
     for split in ("val", "test"):
         datasets[split] = _subset(datasets[split], cfg.max_eval_samples, cfg.seed)
     for split, ds in datasets.items():
+        images.keep_in_memory(ds, cfg.memory_mb * 2**20)
         if len(ds) == 0:
             raise images.DataError(f"{root}: the {split} split has no images; fix: add images or use "
                                    "--val-from-train for an empty val/")
@@ -221,15 +222,22 @@ def evaluate_splits(trained: Trained, device: torch.device, channels_last: bool,
                     progress: bool) -> tuple[dict, dict]:
     """Score val and test once, with the best-by-validation weights (``fit`` left them in the model).
 
+    Validation was already scored with these weights during training: its outputs are taken from
+    ``fit``'s state (a checkpoint without them is scored again).
+
     The decision threshold beside argmax's 0.5 is Youden's $J$ chosen on validation only.
 
     Returns:
         metrics (dict): ``val``, ``test`` (binary metrics and loss) and ``val_threshold``.
         outputs (dict): per split, ``"y_true"`` and ``"p"`` (p(PNEUMONIA), ``(N,)``).
     """
-    ev = {split: evaluate(trained.scorer, trained.scorer_loaders[split], device, trained.scorer_precision,
-                          channels_last, progress, desc=split)
-          for split in ("val", "test")}
+    best = trained.state["best"]
+    ev = {}
+    if "val_probs" in best:  # fit scored val with these very weights at the best epoch: reuse it
+        ev["val"] = {"loss": best["val_loss"], "y_true": best["val_y_true"].numpy(), "probs": best["val_probs"].numpy()}
+    for split in ("val", "test"):
+        ev[split] = ev.get(split) or evaluate(trained.scorer, trained.scorer_loaders[split], device,
+                                              trained.scorer_precision, channels_last, progress, desc=split)
     y = {split: ev[split]["y_true"] for split in ev}
     p = {split: ev[split]["probs"][:, 1] for split in ev}  # p(PNEUMONIA), (N,)
     threshold = youden_threshold(y["val"], p["val"])
