@@ -289,7 +289,7 @@ class Lesion:
     boxes: list[Box]  # one per connected lesion (mask_boxes)
 
     @classmethod
-    def of(cls, mask: np.ndarray) -> "Lesion":
+    def of(cls, mask: np.ndarray) -> Lesion:
         mask = np.asarray(mask, dtype=bool)
         return cls(mask, lesion_distance(mask), mask_boxes(mask))
 
