@@ -242,14 +242,13 @@ class ChestXrayFolder(ImageFolder):
         if memory is None:
             return super().__getitem__(i)
         path, target = self.samples[i]
-        fixed, rest = _deterministic_prefix(self.transform)
         img = memory.get(i, self.transform)
         if img is None:
             img = self.loader(path)
-            for step in fixed:
+            for step in memory.fixed:
                 img = step(img)
             memory.put(i, self.transform, img)
-        for step in rest:
+        for step in memory.rest:
             img = step(img)
         if self.target_transform is not None:
             target = self.target_transform(target)
@@ -287,10 +286,13 @@ class _Memory:
 
     def __init__(self, max_bytes: int):
         self.max_bytes, self.used, self.images, self.transform = int(max_bytes), 0, {}, None
+        self.fixed: list = []  # the transform's deterministic leading steps, whose output is kept
+        self.rest: list = []  # the steps run on every access
 
     def get(self, i: int, transform):
         if transform is not self.transform:  # the transform was replaced: what is kept no longer applies
             self.images, self.used, self.transform = {}, 0, transform
+            self.fixed, self.rest = _deterministic_prefix(transform)
         return self.images.get(i)
 
     def put(self, i: int, transform, img) -> None:
