@@ -40,7 +40,7 @@ from pneumonia_cam.steps.model import (
 )
 from pneumonia_cam.support import distributed, images, pipeline
 from pneumonia_cam.support.checkpoint import CheckpointError, load_checkpoint
-from pneumonia_cam.support.config import PRESETS, TrainConfig
+from pneumonia_cam.support.config import PRESETS, TrainConfig, parse_sizes
 from pneumonia_cam.support.runtime import resolve_device, resolve_precision
 
 # Fields a resumed run may change: they do not alter what is computed (epochs extends the run).
@@ -109,9 +109,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
 
 def validate(cfg: TrainConfig) -> None:
     """Reject values argparse cannot check by type, with one line each."""
+    try:
+        early_sizes = parse_sizes(cfg.early_sizes)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     checks = [
-        (cfg.early_epochs >= 0, f"--early-epochs must be >= 0, got {cfg.early_epochs}"),
-        (cfg.early_image_size >= 32, f"--early-image-size must be >= 32, got {cfg.early_image_size}"),
+        (min(early_sizes, default=32) >= 32, f"--early-sizes must all be >= 32, got {cfg.early_sizes}"),
         (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
         (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
         (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),

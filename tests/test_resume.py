@@ -29,7 +29,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tiny_train_args,
     # Epoch 1 on 32 px images, epochs 2-3 on 48 px: the kill lands in the second stage, so the resume
     # must also find its way past the change of image size.
     args = tiny_train_args + ["--epochs", "3", "--step-size", "1", "--gamma", "0.5", "--image-size", "48",
-                              "--early-epochs", "1", "--early-image-size", "32"]
+                              "--early-sizes", "32"]
     runs = tmp_path / "runs"
 
     assert train.main(args + ["--name", "straight"]) == 0

@@ -10,7 +10,7 @@ import pytest
 from pneumonia_cam import study
 
 TINY = ("--phantom-size 64 --phantom-n-train 16 --phantom-n-val 8 --phantom-n-test 8 --image-size 64 "
-        "--epochs 1 --early-epochs 0 --batch-size 8 --precision fp32 --device cpu --workers 0 --no-progress")
+        "--epochs 1 --batch-size 8 --precision fp32 --device cpu --workers 0 --no-progress")
 
 
 @pytest.fixture

@@ -95,6 +95,8 @@ def test_existing_run_is_refused_then_overwritten(tiny_train_args, tmp_path, cap
     (["--val-from-train", "1.5"], "--val-from-train"),
     (["--image-size", "8"], "--image-size"),
     (["--memory-mb", "-1"], "--memory-mb must be >= 0"),
+    (["--early-sizes", "128;160"], "--early-sizes must be comma-separated integers"),
+    (["--early-sizes", "16,32"], "--early-sizes must all be >= 32"),
     (["--data-dir", "/nonexistent/chest_xray"], "/nonexistent/chest_xray"),
     (["--weights", "/nonexistent/w.pth"], "/nonexistent/w.pth"),
     (["--resume"], "last.pt"),
@@ -187,31 +189,44 @@ def test_demo_is_the_default_preset_and_the_dataclass_defaults():
     assert TrainConfig.from_dict(demo.to_dict()) == demo
     with pytest.raises(ValueError, match="unknown config keys"):
         TrainConfig.from_dict({**demo.to_dict(), "lr_typo": 1})
+    # A config saved before per-epoch sizes: N early epochs at one size.
+    old = {k: v for k, v in demo.to_dict().items() if k != "early_sizes"}
+    assert TrainConfig.from_dict({**old, "early_epochs": 3, "early_image_size": 160}).early_sizes == "160,160,160"
+    assert TrainConfig.from_dict({**old, "early_epochs": 0, "early_image_size": 128}).epoch_sizes() == [224] * 5
 
 
-def test_early_epochs_train_on_smaller_images_and_validate_at_full_size(tiny_train_args, monkeypatch, capsys):
-    """--early-epochs 2 of 3 at 32 px: fit runs twice, first on 32 px training images for 2 epochs, then
-    resumes on 48 px ones for the last; validation is on 48 px images both times."""
+def test_early_epochs_train_and_validate_on_smaller_images_and_never_become_best(tiny_train_args, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """--early-sizes 32,32 with 3 epochs at 48 px: fit runs twice, first on 32 px training and validation
+    images for 2 epochs that cannot become the best, then resumes on 48 px ones for the last, which can."""
     calls = []
     real_fit = pipeline.fit
 
     def recording_fit(model, loaders, config, **kw):
         calls.append((next(iter(loaders["train"]))[0].shape[-1], next(iter(loaders["val"]))[0].shape[-1],
-                      config.epochs, None if kw.get("resume") is None else kw["resume"]["epoch"]))
+                      config.epochs, config.select_best, None if kw.get("resume") is None else kw["resume"]["epoch"]))
         return real_fit(model, loaders, config, **kw)
 
     monkeypatch.setattr(pipeline, "fit", recording_fit)
-    args = tiny_train_args + ["--epochs", "3", "--image-size", "48", "--early-epochs", "2", "--early-image-size", "32"]
+    args = tiny_train_args + ["--epochs", "3", "--image-size", "48", "--early-sizes", "32,32"]
     assert train.main(args) == 0
-    assert calls == [(32, 48, 2, None), (48, 48, 3, 2)]
-    assert "epochs 1-2 train on 32 px images" in capsys.readouterr().out
+    assert calls == [(32, 32, 2, False, None), (48, 48, 3, True, 2)]
+    out = capsys.readouterr().out
+    assert "epochs 1-2 train on 32 px images, epoch 3 on 48 px; each validates at its own size" in out
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch ")] == ["1/3", "2/3", "3/3"]
+    metrics = json.loads(next(tmp_path.rglob("metrics.json")).read_text())
+    assert metrics["best_epoch"] == 3 and len(metrics["history"]) == 3
     # At least the last epoch runs at full size, and an early size that is not smaller changes nothing.
     calls.clear()
     assert train.main(args + ["--name", "one", "--epochs", "1"]) == 0
-    assert calls == [(48, 48, 1, None)]
+    assert calls == [(48, 48, 1, True, None)]
     calls.clear()
-    assert train.main(args + ["--name", "big", "--early-image-size", "64"]) == 0
-    assert calls == [(48, 48, 3, None)]
+    assert train.main(args + ["--name", "big", "--early-sizes", "64,48"]) == 0
+    assert calls == [(48, 48, 3, True, None)]
+    # A ramp: one stage per size, each resuming the last; sizes beyond epochs - 1 are ignored.
+    calls.clear()
+    assert train.main(args + ["--name", "ramp", "--early-sizes", "32,40,40,40"]) == 0
+    assert calls == [(32, 32, 1, False, None), (40, 40, 2, False, 1), (48, 48, 3, True, 2)]
 
 
 def test_validation_outputs_of_the_best_epoch_are_reused_not_recomputed(monkeypatch):
@@ -243,3 +258,46 @@ def test_validation_outputs_of_the_best_epoch_are_reused_not_recomputed(monkeypa
                                         torch.device("cpu"), False, False)
     assert scored == ["test", "val", "test"]
     assert reused == again
+
+
+def test_fit_with_select_best_false_validates_but_keeps_no_best():
+    """A warm-up call (select_best=False) logs validation every epoch but leaves ``best`` empty; resumed
+    with select_best=True, only the later epochs compete, and the model ends up holding their best."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pneumonia_cam.steps.fit import FitConfig, fit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 6, generator=g)
+    ds = TensorDataset(x, (x[:, 0] > 0).long())
+    loaders = {"train": DataLoader(ds, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)),
+               "val": DataLoader(ds, batch_size=8)}
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 2), torch.nn.LogSoftmax(dim=1))
+    cfg = FitConfig(epochs=4, lr=0.05, device="cpu", precision="fp32")
+    lines = []
+    warm = fit(model, loaders, dataclasses.replace(cfg, epochs=2, select_best=False), log=lines.append)
+    assert [h["epoch"] for h in warm["history"]] == [1, 2] and all(h["val_acc"] > 0 for h in warm["history"])
+    assert warm["best"]["epoch"] == 0 and warm["best"]["model"] is None
+    assert not any("*best" in line for line in lines)
+    state = fit(model, loaders, cfg, resume=warm)
+    later = state["history"][2:]
+    top = max(later, key=lambda h: (h["val_acc"], -h["val_loss"]))
+    assert state["best"]["epoch"] == top["epoch"] in (3, 4)
+    assert all(torch.equal(v, state["best"]["model"][k]) for k, v in model.state_dict().items())
+
+
+def test_curves_mark_the_kept_epoch_and_each_epochs_size():
+    """A staged run's smaller epochs can validate higher than the kept one (at their own size): the
+    dashed line marks the epoch whose weights were kept, and each tick names its epoch's image size."""
+    from pneumonia_cam.support.report import curves_figure
+
+    history = [{"epoch": e, "train_loss": 0.5, "train_acc": 0.8, "val_loss": loss, "val_acc": acc}
+               for e, loss, acc in ((1, 0.9, 0.6), (2, 0.1, 0.97), (3, 0.2, 0.95))]
+    labels = lambda fig: fig.axes[1].get_legend().get_texts()[-1].get_text()  # noqa: E731
+    assert labels(curves_figure(history)) == "best (epoch 2)"  # no kept epoch given: the best validation
+    fig = curves_figure(history, best_epoch=3, sizes=[32, 40, 48])
+    assert labels(fig) == "best (epoch 3)"
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1\n32 px", "2\n40 px", "3\n48 px"]
+    fig = curves_figure(history, best_epoch=3, sizes=[32, 48])  # sizes of fewer epochs: plain ticks
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "2", "3"]

@@ -73,6 +73,10 @@ class FitConfig:
     device: str | torch.device = "auto"  # "auto": CUDA if available, else the CPU
     precision: str = "auto"  # "auto" | "fp32" | "bf16" (see support.runtime.resolve_precision)
     channels_last: bool = False  # NHWC memory format for model and inputs
+    # False: this call's epochs are validated and logged but never kept as the best weights (a warm-up
+    # whose validation runs at another input size than the one the model will be used at).
+    select_best: bool = True
+    total_epochs: int | None = None  # the run's length, for the "epoch 4/5" lines of a staged run; None: epochs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,7 +167,7 @@ def fit(model: nn.Module, loaders: Mapping[str, Iterable], config: FitConfig | N
         model: returns log-probabilities (B, C); moved to ``config.device`` in place.
         loaders: like the article's ``dataloaders`` dict. ``loaders["train"]`` yields ``(x, y)``
             batches (if it has a ``generator``, its state is saved for resume); ``loaders["val"]``
-            chooses the best epoch (accuracy, ties -> lower loss). Any other key, ``"test"``
+            chooses the best epoch (accuracy, ties -> lower loss; only if ``config.select_best``). Any other key, ``"test"``
             included, is never read.
         config: the recipe (:class:`FitConfig`; its defaults are the article's).
         resume: a state previously passed to ``on_epoch_end`` (e.g. loaded from ``last.pt``); training
@@ -220,24 +224,25 @@ def fit(model: nn.Module, loaders: Mapping[str, Iterable], config: FitConfig | N
                 "timing": {"epoch_seconds": list(epoch_seconds)}}
 
     state = None
+    of = cfg.total_epochs or cfg.epochs
     for epoch in range(start + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         tr = train_one_epoch(trained, train_loader, criterion, optimizer, device, precision, cfg.channels_last,
-                             progress, desc=f"epoch {epoch}/{cfg.epochs} train")
+                             progress, desc=f"epoch {epoch}/{of} train")
         scheduler.step()  # after the epoch's optimizer steps, never before (the article had it first)
         va = evaluate(model, val_loader, device, precision, cfg.channels_last, progress,
-                      desc=f"epoch {epoch}/{cfg.epochs} val")
+                      desc=f"epoch {epoch}/{of} val")
         epoch_seconds.append(round(time.perf_counter() - t0, 3))
         history.append({"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
                         "val_loss": va["loss"], "val_acc": va["acc"]})
         # Model selection on validation only: higher accuracy wins, equal accuracy -> lower loss.
-        if (va["acc"], -va["loss"]) > (best["val_acc"], -best["val_loss"]):
+        if cfg.select_best and (va["acc"], -va["loss"]) > (best["val_acc"], -best["val_loss"]):
             # The validation outputs too: they are what a re-evaluation of these weights would give.
             best = {"epoch": epoch, "val_acc": va["acc"], "val_loss": va["loss"], "model": _cpu_state(model),
                     "val_y_true": torch.as_tensor(va["y_true"]), "val_probs": torch.as_tensor(va["probs"])}
         if log is not None:
-            log(f"epoch {epoch:>3}/{cfg.epochs}  lr {lr:.2e}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}"
+            log(f"epoch {epoch:>3}/{of}  lr {lr:.2e}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}"
                 f"  val loss {va['loss']:.4f} acc {va['acc']:.4f}  {epoch_seconds[-1]:.1f}s"
                 + ("  *best" if best["epoch"] == epoch else ""))
         state = snapshot(epoch)

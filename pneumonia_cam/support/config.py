@@ -21,6 +21,14 @@ def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
+def parse_sizes(text: str) -> list[int]:
+    """``"128,128,176"`` -> ``[128, 128, 176]``; ``""`` -> ``[]``. Raises ValueError on anything else."""
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(f"--early-sizes must be comma-separated integers like 128,128,176, got {text!r}") from None
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on. Defaults are the ``demo`` preset's basics."""
@@ -76,12 +84,13 @@ class TrainConfig:
 
     # --- optimization (Adam + StepLR, as in the article) ------------------------------------------------
     epochs: int = _f(5, "passes over the training set")
-    # Cheaper early epochs: a 128 px image costs a third of the compute of a 224 px one. The last
-    # epochs and every validation, test and CAM pass run at IMAGE_SIZE.
-    # At least the last epoch always runs at IMAGE_SIZE, and nothing changes when EARLY_IMAGE_SIZE is
-    # not smaller than IMAGE_SIZE.
-    early_epochs: int = _f(3, "train the first N epochs at --early-image-size px, the rest at --image-size")
-    early_image_size: int = _f(128, "training image side during the first --early-epochs epochs")
+    # Cheaper early epochs: a 128 px image costs a third of the compute of a 224 px one. Epoch i
+    # (i = 1, 2, ...) trains on EARLY_SIZES[i-1] px images, validated at that size too; every later
+    # epoch, and every test and CAM pass, runs at IMAGE_SIZE, and only IMAGE_SIZE epochs can become
+    # the best. At least the last epoch always runs at IMAGE_SIZE, and a size not smaller than
+    # IMAGE_SIZE means IMAGE_SIZE.
+    early_sizes: str = _f("128,128,128,176", "training image side of each of the first epochs, comma-separated "
+                                             "(\"\" for none); the remaining epochs train at --image-size")
     batch_size: int = _f(32, "images per optimizer step (under torchrun: the global batch, split over the processes)")
     lr: float = _f(5e-4, "Adam learning rate (the article: 1e-3, torch's default)")
     weight_decay: float = _f(0.0, "Adam L2 weight decay")
@@ -109,12 +118,25 @@ class TrainConfig:
     workers: int | None = _f(0, "DataLoader worker processes (none = data.make_loaders' choice)")
     seed: int = _f(0, "seed for weights init, shuffling, augmentation and subsets")
 
+    def epoch_sizes(self) -> list[int]:
+        """The training image side of every epoch: ``early_sizes`` (capped at ``image_size``, at most
+        ``epochs - 1`` of them), then ``image_size``."""
+        early = [min(v, self.image_size) for v in parse_sizes(self.early_sizes)[: max(self.epochs - 1, 0)]]
+        return early + [self.image_size] * (self.epochs - len(early))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error (they would be silently ignored)."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error (they would be silently ignored).
+
+        A config saved before ``early_sizes`` existed (``early_epochs`` N at ``early_image_size`` S)
+        reads as N times S."""
+        d = dict(d)
+        if "early_epochs" in d or "early_image_size" in d:
+            n, size = d.pop("early_epochs", 0), d.pop("early_image_size", 0)
+            d.setdefault("early_sizes", ",".join([str(size)] * n))
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -127,12 +149,12 @@ PRESETS: dict[str, TrainConfig] = {
     # Offline, CPU: a ResNet-18 trained from scratch on the phantoms at 224 px. Spelled out although
     # these are the defaults, so the recipe reads in one place. lr 5e-4 rather than Adam's 1e-3: a
     # network trained from scratch needs the smaller step to leave the majority class; StepLR(4)
-    # gives 4 epochs at lr, then 1 at lr/10 to settle the validation accuracy. The first 3 epochs
-    # train at 128 px (a third of the compute), the last 2 at the article's 224 px, which the final model,
-    # the evaluation and the CAMs use.
+    # gives 4 epochs at lr, then 1 at lr/10 to settle the validation accuracy. Epochs 1-3 train at
+    # 128 px (a third of the compute), epoch 4 at 176 px (about 60 %), the last at the article's 224 px,
+    # which the final model, the evaluation and the CAMs use.
     "demo": TrainConfig(
         name="demo", data_dir=None, arch="resnet18", weights="none", freeze_backbone=False,
-        image_size=224, epochs=5, early_epochs=3, early_image_size=128, batch_size=32, lr=5e-4, step_size=4,
+        image_size=224, epochs=5, early_sizes="128,128,128,176", batch_size=32, lr=5e-4, step_size=4,
         gamma=0.1, precision="auto", channels_last=True, workers=0,
     ),
     # The article: frozen ImageNet ResNet-152, a new 2-class head, Adam + StepLR(4), 10 epochs.
@@ -140,6 +162,6 @@ PRESETS: dict[str, TrainConfig] = {
     # (see model.expected_weights_file), or must already be there with --offline.
     "article": TrainConfig(
         name="article", arch="resnet152", weights="imagenet", freeze_backbone=True,
-        epochs=10, early_epochs=0, batch_size=256, lr=1e-3, step_size=4, gamma=0.1, image_size=224, workers=None,
+        epochs=10, early_sizes="", batch_size=256, lr=1e-3, step_size=4, gamma=0.1, image_size=224, workers=None,
     ),
 }

@@ -178,6 +178,17 @@ def checkpoint_saver(run_dir: Path, base: dict) -> Callable[[dict], None]:
     return on_epoch_end
 
 
+def describe_stages(stages: list[tuple[int, int]]) -> str:
+    """``[(128, 3), (176, 4), (224, 5)]`` -> ``"epochs 1-3 train on 128 px images, epoch 4 on 176 px,
+    epoch 5 on 224 px"``."""
+    parts, first = [], 1
+    for size, end in stages:
+        epochs = f"epoch {end}" if end == first else f"epochs {first}-{end}"
+        parts.append(f"{epochs} {'train on ' if not parts else 'on '}{size} px{' images' if not parts else ''}")
+        first = end + 1
+    return ", ".join(parts)
+
+
 def train(cfg: TrainConfig, model: nn.Module, datasets: dict, image_loaders: dict, fit_cfg: FitConfig, *,
           resume: dict | None, on_epoch_end: Callable[[dict], None] | None, progress: bool,
           say: Callable[[str], None]) -> Trained:
@@ -190,17 +201,29 @@ def train(cfg: TrainConfig, model: nn.Module, datasets: dict, image_loaders: dic
     opts = dict(resume=resume, on_epoch_end=on_epoch_end, log=say, progress=progress)
     if not cfg.cache_features:
         image_shards = distributed.shard_loaders(image_loaders)
-        early = min(cfg.early_epochs, fit_cfg.epochs - 1) if cfg.early_image_size < cfg.image_size else 0
-        if early and (resume is None or resume["epoch"] < early):
-            say(f"epochs 1-{early} train on {cfg.early_image_size} px images, the rest on {cfg.image_size} px; "
-                f"validation always on {cfg.image_size} px")
-            # The first epochs on smaller training images, validated at full size; then the same
-            # run continues (fit's resume) on full-size images, with optimizer and schedule intact.
-            small = data.make_transforms(cfg.early_image_size)["train" if cfg.augment else "val"]
-            small_train = data.make_loaders({"train": splits.with_transform(datasets["train"], small)},
-                                            cfg.batch_size, cfg.workers, device, cfg.seed)["train"]
-            early_shards = {**image_shards, "train": distributed.shard_loaders({"train": small_train})["train"]}
-            opts["resume"] = fit(model, early_shards, dataclasses.replace(fit_cfg, epochs=early), **opts)
+        # Cheaper first epochs: consecutive epochs of one size form a stage, and fit() runs once per
+        # stage, each resuming the last (optimizer, schedule and RNGs intact). A smaller stage trains
+        # and validates at its own size (a model trained on 128 px images is measured at 128 px, for a
+        # third of the cost) and cannot become the best: the saved model is used at full size, so it
+        # is chosen at full size.
+        sizes = cfg.epoch_sizes()
+        stages = [(size, end) for end, size in enumerate(sizes, start=1) if end == len(sizes) or sizes[end] != size]
+        if len(stages) > 1 and (resume is None or resume["epoch"] < stages[-2][1]):
+            say(f"{describe_stages(stages)}; each validates at its own size, and only {cfg.image_size} px "
+                f"epochs compete for the best epoch")
+        for size, end in stages[:-1]:
+            if opts["resume"] is not None and opts["resume"]["epoch"] >= end:
+                continue  # a resumed run already past this stage
+            shards = image_shards
+            if size != cfg.image_size:
+                tf = data.make_transforms(size)
+                sets = {s: splits.with_transform(datasets[s], tf["train" if s == "train" and cfg.augment else "val"])
+                        for s in ("train", "val")}
+                shards = distributed.shard_loaders(data.make_loaders(sets, cfg.batch_size, cfg.workers, device,
+                                                                     cfg.seed))
+            stage_cfg = dataclasses.replace(fit_cfg, epochs=end, select_best=size == cfg.image_size,
+                                            total_epochs=fit_cfg.epochs)
+            opts["resume"] = fit(model, shards, stage_cfg, **opts)
         state = fit(model, image_shards, fit_cfg, **opts)
         return Trained(state, model, image_shards, state["precision"], state["precision"])
     # The frozen backbone once per image, then the same fit loop on the head alone; val and test are
@@ -289,9 +312,10 @@ def localize(model: nn.Module, test_ds, test_loader, root: Path, run_dir: Path, 
 
 
 # ------------------------------------------------------------------------------------------ 6. figures
-def write_figures(run_dir: Path, history: list[dict], metrics: dict, outputs: dict) -> None:
+def write_figures(run_dir: Path, history: list[dict], metrics: dict, outputs: dict,
+                  sizes: list[int] | None = None) -> None:
     """``curves.png`` (loss and accuracy per epoch), ``confusion.png`` (test), ``roc.png`` (test)."""
-    report.training_curves(history, run_dir / "curves.png")
+    report.training_curves(history, run_dir / "curves.png", best_epoch=metrics["best_epoch"], sizes=sizes)
     report.confusion_matrix_figure(metrics["test"]["confusion"], run_dir / "confusion.png")
     report.roc_figure(outputs["y_true"]["test"], outputs["p"]["test"], run_dir / "roc.png",
                       {"argmax": 0.5, "val-chosen": metrics["val_threshold"]["threshold"]})
@@ -361,7 +385,8 @@ def run(cfg: TrainConfig, run_dir: Path, device: torch.device, resume: bool = Fa
     save_checkpoint(run_dir / "best.pt", {**base, "model": state["best"]["model"] or state["model"],
                                           "metrics": {k: metrics[k] for k in ("best_epoch", "val", "test",
                                                                                "val_threshold")}})
-    write_figures(run_dir, state["history"], metrics, outputs)
+    sizes = cfg.epoch_sizes() if not cfg.cache_features and len(set(cfg.epoch_sizes())) > 1 else None
+    write_figures(run_dir, state["history"], metrics, outputs, sizes)
     t_fig = time.perf_counter() - t_fig
     # Timing lives in its own section: everything else in metrics.json is deterministic on CPU.
     seconds = state["timing"]["epoch_seconds"]

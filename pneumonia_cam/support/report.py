@@ -17,21 +17,38 @@ from pneumonia_cam import CLASSES
 from pneumonia_cam.steps.metrics import roc_auc, roc_curve
 
 
-def training_curves(history: list[dict], path: str | os.PathLike) -> Path:
-    """Loss and accuracy per epoch, train vs validation; the best validation epoch marked."""
+def training_curves(history: list[dict], path: str | os.PathLike, best_epoch: int | None = None,
+                    sizes: list[int] | None = None) -> Path:
+    """Loss and accuracy per epoch, train vs validation; the best epoch marked.
+
+    Args:
+        history: fit's history, one dict per epoch.
+        path: where the PNG goes.
+        best_epoch: the epoch whose weights were kept; None: the best validation accuracy (ties: lower loss).
+        sizes: each epoch's image side, written under its tick (a staged run validates at each size).
+    """
+    return _save(curves_figure(history, best_epoch, sizes), path)
+
+
+def curves_figure(history: list[dict], best_epoch: int | None = None, sizes: list[int] | None = None) -> Figure:
+    """The figure of :func:`training_curves`, not yet saved."""
     epochs = [r["epoch"] for r in history]
+    if sizes is not None and len(sizes) < max(epochs, default=0):
+        sizes = None  # e.g. a run extended with --resume --epochs: no size for the new epochs
     fig = Figure(figsize=(9, 3.5), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     for ax, key, title in ((ax_loss, "loss", "NLL loss"), (ax_acc, "acc", "accuracy")):
         ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
         ax.plot(epochs, [r[f"val_{key}"] for r in history], "s-", label="validation")
-        ax.set(xlabel="epoch", title=title)
+        ax.set(xlabel="epoch" if sizes is None else "epoch (image size)", title=title)
+        ax.set_xticks(epochs, [f"{e}" if sizes is None else f"{e}\n{sizes[e - 1]} px" for e in epochs])
         ax.grid(alpha=0.3)
     if history:
-        best = max(history, key=lambda r: (r["val_acc"], -r["val_loss"]))
-        ax_acc.axvline(best["epoch"], color="gray", ls="--", lw=1, label=f"best (epoch {best['epoch']})")
+        if best_epoch is None:
+            best_epoch = max(history, key=lambda r: (r["val_acc"], -r["val_loss"]))["epoch"]
+        ax_acc.axvline(best_epoch, color="gray", ls="--", lw=1, label=f"best (epoch {best_epoch})")
     ax_acc.legend(loc="lower right")
-    return _save(fig, path)
+    return fig
 
 
 def confusion_matrix_figure(confusion, path: str | os.PathLike, title: str = "test") -> Path:
