@@ -100,4 +100,7 @@ def upsample(
     h, w = cams.shape[-2:]
     a_h = interpolation_matrix(h, H, align_corners, cams.dtype, cams.device)  # (H, h)
     a_w = interpolation_matrix(w, W, align_corners, cams.dtype, cams.device)  # (W, w)
-    return a_h @ cams @ a_w.T  # (H, h) @ (B, h, w) @ (w, W) -> (B, H, W)
+    # Rows first, into a small (B, h, W), then one batched product writes each output map once:
+    # (H, h) @ ((B, h, w) @ (w, W)) -> (B, H, W). The other order makes the same numbers (up to float
+    # rounding) through a (B*H, w) @ (w, W) product with w = 7, measured slower on a CPU.
+    return a_h @ (cams @ a_w.T)

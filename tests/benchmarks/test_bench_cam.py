@@ -11,8 +11,8 @@ it should cost nothing measurable. Three ratios, each measured in one run (see `
   channels_last). Goal <= 1.02. The noise of a shared machine is larger than 2 %, so the CAM step
   alone is also timed and ``1 + t_cam / t_forward`` reported beside the measured ratio.
 * ``test_article_cam_vs_batched``: the article's per-image ``np.dot`` + ``scipy.ndimage.zoom`` vs one
-  batched ``einsum`` + ``F.interpolate`` (with ``align_corners=True``, so both give the same maps,
-  asserted), 64 images of (2048, 7, 7) features, in NCHW and in channels_last memory layout. Goal >= 20x.
+  batched ``class_activation_map`` (one ``bmm``) + ``zoom.upsample`` (two interpolation matrices, with
+  ``align_corners=True``, so both give the same maps, asserted), 64 images of (2048, 7, 7) features, in NCHW and in channels_last memory layout. Goal >= 20x.
   Also timed: the floor of any batched CAM (read the features once, write the maps once).
 * ``test_cam_vs_gradcam``: Grad-CAM (forward with autograd on from ``layer4``, backward to it) vs CAM
   on the same batch and settings. Both maps normalize to the same picture (asserted).
