@@ -385,8 +385,9 @@ def run(cfg: TrainConfig, run_dir: Path, device: torch.device, resume: bool = Fa
     save_checkpoint(run_dir / "best.pt", {**base, "model": state["best"]["model"] or state["model"],
                                           "metrics": {k: metrics[k] for k in ("best_epoch", "val", "test",
                                                                                "val_threshold")}})
-    sizes = cfg.epoch_sizes() if not cfg.cache_features and len(set(cfg.epoch_sizes())) > 1 else None
-    write_figures(run_dir, state["history"], metrics, outputs, sizes)
+    sizes = cfg.epoch_sizes()
+    write_figures(run_dir, state["history"], metrics, outputs,
+                  sizes if not cfg.cache_features and len(set(sizes)) > 1 else None)
     t_fig = time.perf_counter() - t_fig
     # Timing lives in its own section: everything else in metrics.json is deterministic on CPU.
     seconds = state["timing"]["epoch_seconds"]

@@ -40,12 +40,24 @@ def cpu_supports_bf16() -> bool:
                 return True
         except Exception:  # pragma: no cover - private API; fall through to cpuinfo
             pass
+    flags = set(_cpuinfo().get("flags", "").split())
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (Linux); empty where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            info = f.read()
     except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        return {}
+    fields: dict[str, str] = {}
+    for line in info.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -118,17 +130,9 @@ def cpu_description() -> str:
     which kernels bf16 autocast runs, so two CPUs of one brand can give different timings and
     different (each bit-reproducible) training trajectories.
     """
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
+    fields = _cpuinfo()
+    if not fields:
         return platform.processor() or platform.machine()
-    fields: dict[str, str] = {}
-    for line in info.splitlines():
-        if not line.strip():
-            break  # the first processor's block is enough
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
     flags = set(fields.get("flags", "").split())
     units = ", ".join(["AMX-BF16" if "amx_bf16" in flags else "no AMX",
                        "AVX512-BF16" if "avx512_bf16" in flags else "no AVX512-BF16"])
