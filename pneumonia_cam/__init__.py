@@ -1,7 +1,9 @@
 """pneumonia_cam: detect pneumonia in chest X-rays with a transfer-learned ResNet and show where it
 looked with a Class Activation Map (Zhou et al., CVPR 2016).
 
-Read in this order (data flows one way, and a module never imports a later step):
+Read in this order. Imports point one way, down: the commands import the extensions, the
+extensions the steps, the steps the support modules, and a step never imports a later step
+(``tests/test_layers.py`` checks every import).
 
 The article's steps, :mod:`pneumonia_cam.steps`:
 
@@ -14,15 +16,19 @@ The article's steps, :mod:`pneumonia_cam.steps`:
 7. ``zoom``: upsampling the 7x7 map to the image (lesson 03).
 8. ``overlay``: the heat map drawn over the X-ray (lesson 03).
 
-Extensions beyond the article, :mod:`pneumonia_cam.extensions`: ``gradcam`` (Grad-CAM),
-``localization`` (does the map point at the lesion?), ``feature_cache`` (run a frozen backbone once).
+Extensions beyond the article, :mod:`pneumonia_cam.extensions`: ``gradcam`` (Grad-CAM, and the
+grid of maps a run draws), ``map_model`` (the pooled class-map head and the dilated ``layer4``, and
+rebuilding any saved model), ``saliency`` (more maps from the same model), ``localization`` (does the
+map point at the lesion?), ``feature_cache`` (run a frozen backbone once).
 
 Support, :mod:`pneumonia_cam.support`: ``phantoms`` (the offline data set), ``images`` (robust image
 reading), ``splits`` (patient-aware validation split), ``runtime`` (device, bf16, RNG), ``config``
-(the run's dataclass and presets), ``checkpoint`` (atomic save, safe load), ``report`` (figures),
-``distributed`` (torchrun), ``pipeline`` (the training run's phases, behind the ``train`` command).
+(the run's dataclass and presets), ``weights`` (the pretrained file: cache, download, offline),
+``checkpoint`` (atomic save, safe load), ``report`` (training figures), ``distributed`` (torchrun).
 
-Commands: ``python -m pneumonia_cam.train`` and ``python -m pneumonia_cam.cam``.
+Commands, which wire the rest together: ``python -m pneumonia_cam.train`` (its phases in
+:mod:`pneumonia_cam.pipeline`), ``python -m pneumonia_cam.cam``, ``python -m pneumonia_cam.study`` and
+``python -m pneumonia_cam.exercises``.
 
 Exercise mode, :mod:`pneumonia_cam.exercises`: ``python -m pneumonia_cam.exercises start 03_cam``
 copies a lesson's stubs to ``my_exercises/``; ``pytest lessons/03_cam --student my_exercises`` judges them.

@@ -35,10 +35,11 @@ import torch
 
 from pneumonia_cam import CLASSES
 from pneumonia_cam.extensions.gradcam import MAP_METHODS, class_maps
+from pneumonia_cam.extensions.map_model import load_model
 from pneumonia_cam.steps import data
 from pneumonia_cam.steps.overlay import save_overlay
 from pneumonia_cam.support import images
-from pneumonia_cam.support.checkpoint import CheckpointError, load_model
+from pneumonia_cam.support.checkpoint import CheckpointError, resolve_run_checkpoint
 from pneumonia_cam.support.runtime import resolve_device
 
 CSV_FIELDS = ("file", "predicted", "p_normal", "p_pneumonia", "class_shown", "method", "overlay", "trained_on")
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict NORMAL/PNEUMONIA for chest X-rays and save Class Activation Map overlays.",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (recursive)")
-    p.add_argument("--checkpoint", required=True, help="a best.pt/last.pt written by pneumonia_cam.train")
+    p.add_argument("--checkpoint", required=True,
+                   help="a best.pt/last.pt written by pneumonia_cam.train, or its run folder (then its best.pt)")
     p.add_argument("--out", required=True, help="output folder for the overlays and predictions.csv")
     p.add_argument("--class", dest="cls", choices=tuple(_CLASS_CHOICES), default="pred",
                    help="whose map to draw: the predicted class (default) or a fixed one")
@@ -120,11 +122,14 @@ def run(args: argparse.Namespace) -> int:
         raise images.DataError(f"--device {args.device}: not a device; fix: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise images.DataError(f"--device {args.device}: CUDA is not available here; fix: use --device cpu")
-    model, payload = load_model(args.checkpoint, map_location=device)
+    checkpoint, note = resolve_run_checkpoint(args.checkpoint)
+    if note:
+        print(f"note: {note}")
+    model, payload = load_model(checkpoint, map_location=device)
     size = int((payload.get("config") or {}).get("image_size", 224))
     kind = trained_on(payload.get("config"))
     if kind == "phantoms":
-        print(f"warning: {args.checkpoint} was trained on synthetic phantoms, not X-rays: its predictions on "
+        print(f"warning: {checkpoint} was trained on synthetic phantoms, not X-rays: its predictions on "
               "real chest X-rays are meaningless (train with --data-dir on real images for that)", file=sys.stderr)
     transform = data.make_transforms(size)["test"]  # exactly the evaluation preprocessing
     out = Path(args.out)

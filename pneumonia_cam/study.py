@@ -33,18 +33,16 @@ from matplotlib.figure import Figure
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from pneumonia_cam import pipeline
 from pneumonia_cam.extensions import localization as loc
 from pneumonia_cam.extensions import saliency
+from pneumonia_cam.extensions.map_model import dilate_layer4_, load_model
 from pneumonia_cam.steps import data, overlay
-from pneumonia_cam.steps.model import WeightsUnavailableError, dilate_layer4_
-from pneumonia_cam.support import images, phantoms, pipeline
-from pneumonia_cam.support.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_model,
-)
+from pneumonia_cam.support import images, phantoms
+from pneumonia_cam.support.checkpoint import CheckpointError, load_checkpoint
 from pneumonia_cam.support.config import TrainConfig
 from pneumonia_cam.support.runtime import cpu_description, resolve_device
+from pneumonia_cam.support.weights import WeightsUnavailableError
 from pneumonia_cam.train import (
     RESUMABLE_OVERRIDES,
     UsageError,

@@ -2,7 +2,7 @@
 
 The command only: flags over :class:`~pneumonia_cam.support.config.TrainConfig`, their validation, the
 run folder, and :func:`main`. The phases themselves (the article's notebook, top to bottom) are in
-:mod:`pneumonia_cam.support.pipeline`.
+:mod:`pneumonia_cam.pipeline`.
 
 Run folder ``OUT_DIR/NAME/``: ``config.json``, ``best.pt``, ``last.pt``, ``history.csv``,
 ``metrics.json``, ``curves.png``, ``confusion.png``, ``roc.png``, ``cam_grid.png``. Misuse (bad flags,
@@ -32,16 +32,14 @@ from pathlib import Path
 
 import torchvision
 
-from pneumonia_cam.steps.model import (
-    ARCHS,
-    POOLINGS,
-    WeightsUnavailableError,
-    check_pooling,
-)
-from pneumonia_cam.support import distributed, images, pipeline
+from pneumonia_cam import pipeline
+from pneumonia_cam.extensions.map_model import POOLINGS, check_pooling
+from pneumonia_cam.steps.model import ARCHS
+from pneumonia_cam.support import distributed, images
 from pneumonia_cam.support.checkpoint import CheckpointError, load_checkpoint
 from pneumonia_cam.support.config import PRESETS, TrainConfig, parse_sizes
 from pneumonia_cam.support.runtime import resolve_device, resolve_precision
+from pneumonia_cam.support.weights import WeightsUnavailableError
 
 # Fields a resumed run may change: they do not alter what is computed (epochs extends the run).
 RESUMABLE_OVERRIDES = {"epochs", "workers", "device", "feature_cache_dir", "offline", "memory_mb"}
@@ -130,9 +128,12 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.pooling == "mean" or not cfg.cache_features,
          (f"--cache-features needs --pooling mean: the cache holds globally pooled features, and "
           f"--pooling {cfg.pooling} pools the class map cell by cell")),
-        (cfg.data_dir is None or Path(cfg.data_dir).is_dir(),
+        (cfg.data_dir is None or Path(cfg.data_dir).exists(),
          f"--data-dir {cfg.data_dir}: folder not found; pass a Kaggle-layout root with train/ val/ test/, "
          "or omit it to use the generated phantoms"),
+        (cfg.data_dir is None or Path(cfg.data_dir).is_dir(),
+         f"--data-dir {cfg.data_dir} is a file, not a folder; pass the folder that holds train/ val/ test/ "
+         "(e.g. .../chest_xray), or omit it to use the generated phantoms"),
         (cfg.data_dir is not None or min(cfg.phantom_n_train, cfg.phantom_n_val, cfg.phantom_n_test) >= 2,
          "--phantom-n-train/-val/-test must each be >= 2"),
         (all(c.isalnum() or c in "-_." for c in cfg.name) and cfg.name not in ("", ".", ".."),

@@ -9,15 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from pneumonia_cam.steps.model import build_model
+from pneumonia_cam.extensions.map_model import build_map_model, load_model
 from pneumonia_cam.support import checkpoint as ck
-from pneumonia_cam.support.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from pneumonia_cam.support.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from pneumonia_cam.support.runtime import capture_rng, restore_rng
 
 
 def _payload(arch="resnet18", num_classes=2, dilate=False) -> dict:
     torch.manual_seed(0)
-    model = build_model(arch, weights="none", num_classes=num_classes, dilate_layer4=dilate)
+    model = build_map_model(arch, weights="none", num_classes=num_classes, dilate_layer4=dilate)
     return {"model": model.state_dict(), "config": {"arch": arch, "dilate_layer4": dilate},
             "classes": ["NORMAL", "PNEUMONIA", "OTHER"][:num_classes], "metrics": {"val": {"accuracy": 1.0}}}
 

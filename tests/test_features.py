@@ -24,10 +24,10 @@ from pneumonia_cam.extensions.feature_cache import (
     feature_loaders,
     fit_cached,
 )
+from pneumonia_cam.extensions.map_model import load_model
 from pneumonia_cam.steps import data
 from pneumonia_cam.steps.fit import FitConfig, evaluate, fit
 from pneumonia_cam.steps.model import build_model
-from pneumonia_cam.support.checkpoint import load_model
 
 SIZE, BATCH, EPOCHS = 32, 4, 3
 

@@ -11,6 +11,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
+from pneumonia_cam.extensions import gradcam
 from pneumonia_cam.steps import overlay
 from pneumonia_cam.steps.hook import LayerActivations
 from pneumonia_cam.steps.weighted_sum import class_activation_map
@@ -137,7 +138,7 @@ def test_cam_grid_from_a_model(tmp_path, resnet18_64px, method):
     computed here from the hooked features (Grad-CAM on the logit is CAM / (h w): the same picture)."""
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     masks = [np.zeros((64, 64), bool)] * 3
-    out = overlay.cam_grid(resnet18_64px, x, tmp_path / "cam_grid.png", masks=masks, method=method,
+    out = gradcam.cam_grid(resnet18_64px, x, tmp_path / "cam_grid.png", masks=masks, method=method,
                            titles=["a", "b", "c"], dpi=100)
     assert out.name == "cam_grid.png"
     assert len(resnet18_64px.layer4._forward_hooks) == 0
@@ -154,4 +155,4 @@ def test_cam_grid_from_a_model(tmp_path, resnet18_64px, method):
 
 def test_cam_grid_bad_method(tmp_path, resnet18_64px):
     with pytest.raises(ValueError):
-        overlay.cam_grid(resnet18_64px, torch.zeros(1, 3, 64, 64), tmp_path / "g.png", method="lime")
+        gradcam.cam_grid(resnet18_64px, torch.zeros(1, 3, 64, 64), tmp_path / "g.png", method="lime")

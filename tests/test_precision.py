@@ -108,6 +108,7 @@ def test_bf16_channels_last_agrees_with_fp32_on_cpu(trained):
     _check_agreement(*trained, "cpu")
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_bf16_channels_last_agrees_with_fp32_on_cuda(trained):
     _check_agreement(*trained, "cuda")

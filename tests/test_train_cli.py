@@ -13,9 +13,9 @@ from collections import namedtuple
 import pytest
 import torch
 
-from pneumonia_cam import train
-from pneumonia_cam.support import pipeline
-from pneumonia_cam.support.checkpoint import load_checkpoint, load_model
+from pneumonia_cam import pipeline, train
+from pneumonia_cam.extensions.map_model import load_model
+from pneumonia_cam.support.checkpoint import load_checkpoint
 from pneumonia_cam.support.config import PRESETS, TrainConfig
 
 

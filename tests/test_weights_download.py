@@ -23,12 +23,9 @@ import torch
 import torchvision
 
 from pneumonia_cam import train
-from pneumonia_cam.steps import model as model_step
-from pneumonia_cam.steps.model import (
-    WeightsUnavailableError,
-    build_model,
-    expected_weights_file,
-)
+from pneumonia_cam.steps.model import build_model
+from pneumonia_cam.support import weights as weights_module
+from pneumonia_cam.support.weights import WeightsUnavailableError, expected_weights_file
 
 MAX_REQUESTS = 4  # no test needs more than one; the rest would be a retry loop gone wrong
 WAIT_S = 5.0  # the longest any server thread waits for anything
@@ -104,11 +101,11 @@ def server(weights_file, tmp_path, monkeypatch):
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv(model_step.OFFLINE_ENV, raising=False)
-    monkeypatch.setenv(model_step.URL_ENV, f"http://127.0.0.1:{srv.server_address[1]}/{name}")
+    monkeypatch.delenv(weights_module.OFFLINE_ENV, raising=False)
+    monkeypatch.setenv(weights_module.URL_ENV, f"http://127.0.0.1:{srv.server_address[1]}/{name}")
     for var in ("no_proxy", "NO_PROXY"):  # a proxy set in the environment must not see these requests
         monkeypatch.setenv(var, "127.0.0.1,localhost")
-    monkeypatch.setattr(model_step, "DOWNLOAD_TIMEOUT_S", 1.0)  # for the stalled server
+    monkeypatch.setattr(weights_module, "DOWNLOAD_TIMEOUT_S", 1.0)  # for the stalled server
     yield srv
     srv.release.set()
     srv.shutdown()
@@ -175,13 +172,13 @@ def test_offline_flag_never_requests(server, weights_file, tiny_train_args, tmp_
 
 
 def test_offline_environment_variable_never_requests(server, monkeypatch, tmp_path):
-    monkeypatch.setenv(model_step.OFFLINE_ENV, "1")
+    monkeypatch.setenv(weights_module.OFFLINE_ENV, "1")
     with pytest.raises(WeightsUnavailableError, match="downloads are off"):
         build_model("resnet18", weights="imagenet")
     assert server.requests == 0 and _cache_files(tmp_path) == []
 
 
 def test_url_override_must_stay_on_this_machine(monkeypatch):
-    monkeypatch.setenv(model_step.URL_ENV, "http://example.com/resnet18-00000000.pth")
+    monkeypatch.setenv(weights_module.URL_ENV, "http://example.com/resnet18-00000000.pth")
     with pytest.raises(WeightsUnavailableError, match="127.0.0.1"):
         expected_weights_file("resnet18")

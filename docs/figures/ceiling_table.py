@@ -31,12 +31,12 @@ import numpy as np
 import torch
 
 from pneumonia_cam.extensions import localization as loc
+from pneumonia_cam.pipeline import load_data
 from pneumonia_cam.steps.data import make_transforms
 from pneumonia_cam.steps.weighted_sum import normalize_cam
 from pneumonia_cam.steps.zoom import upsample
 from pneumonia_cam.support import phantoms
 from pneumonia_cam.support.config import PRESETS
-from pneumonia_cam.support.pipeline import load_data
 
 GRIDS = (7, 14, 28, 56)
 COLUMNS = (("hit_0px", "hit 0 px"), ("hit_15px", "hit 15 px"), ("energy_over_area", "energy / lesion area"),

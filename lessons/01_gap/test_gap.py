@@ -11,6 +11,7 @@ import torchvision
 from torch import nn
 
 from pneumonia_cam.exercises import exercise_impl
+from pneumonia_cam.extensions.map_model import build_map_model
 from pneumonia_cam.steps.model import build_model
 
 # The functions under test: the package's, or yours with `--student` (lessons/01_gap/exercises.py).
@@ -62,10 +63,11 @@ def test_resnet_avgpool_is_gap(tiny_resnet):
 
 
 @pytest.mark.exercise("dense_head_params", "gap_head_params")
-def test_head_parameter_counts_dense_vs_gap():
+def test_head_parameter_counts_dense_vs_gap(judged):
+    e = ex.judging(judged)  # one exercise at a time under --student; see the plugin
     # ResNet-50/101/152 at 224 px: layer4 is 2048 x 7 x 7; two classes.
-    dense = ex.dense_head_params(2048, 7, 7, 2)
-    gap = ex.gap_head_params(2048, 2)
+    dense = e.dense_head_params(2048, 7, 7, 2)
+    gap = e.gap_head_params(2048, 2)
     assert dense == 2 * 2048 * 49 + 2 == 200_706
     assert gap == 2 * 2048 + 2 == 4_098
     assert (dense - 2) == 49 * (gap - 2)  # the weights shrink by h*w = 49
@@ -98,7 +100,7 @@ def test_gap_works_at_any_input_size(tiny_resnet):
 
 def test_dilated_layer4_doubles_the_grid():
     """dilate_layer4=True: 14x14 CAM grid at 224 px for ResNet-18 (BasicBlock, dilated by hand)."""
-    model = build_model("resnet18", weights="none", dilate_layer4=True).eval()
+    model = build_map_model("resnet18", weights="none", dilate_layer4=True).eval()
     feats = {}
     model.layer4.register_forward_hook(lambda m, i, o: feats.setdefault("A", o))
     with torch.no_grad():
@@ -110,7 +112,7 @@ def test_dilated_layer4_doubles_the_grid():
 def test_manual_dilation_equals_torchvision_for_bottleneck():
     """Our hand-made dilation reproduces torchvision's replace_stride_with_dilation exactly (ResNet-50)."""
     torch.manual_seed(0)
-    ours = build_model("resnet50", weights="none", dilate_layer4=True).double().eval()
+    ours = build_map_model("resnet50", weights="none", dilate_layer4=True).double().eval()
     ref = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=[False, False, True])
     ref.fc = ours.fc  # same head module; the rest gets our weights
     ref.load_state_dict(ours.state_dict())

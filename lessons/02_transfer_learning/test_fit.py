@@ -29,11 +29,13 @@ ex = exercise_impl("02_transfer_learning")
 
 
 @pytest.fixture
-def student_loop(monkeypatch):
+def student_loop(monkeypatch, judged):
     """``fit`` with the exercise's ``train_one_epoch`` and ``evaluate`` in place of its own (the same
-    functions in a normal run): the tests below then judge them by what ``fit`` computes."""
-    monkeypatch.setattr(fit_mod, "train_one_epoch", ex.train_one_epoch)
-    monkeypatch.setattr(fit_mod, "evaluate", ex.evaluate)
+    functions in a normal run): the tests below then judge them by what ``fit`` computes. Under
+    ``--student`` each such test runs once per exercise, the other one the package's (``judged``)."""
+    e = ex.judging(judged)
+    monkeypatch.setattr(fit_mod, "train_one_epoch", e.train_one_epoch)
+    monkeypatch.setattr(fit_mod, "evaluate", e.evaluate)
 
 
 def _tiny_model(seed: int = 0) -> nn.Module:
@@ -121,16 +123,17 @@ def test_fit_matches_the_articles_loop_in_float64(student_loop):
 
 
 @pytest.mark.exercise("train_one_epoch", "evaluate")
-def test_best_weights_are_chosen_on_validation(student_loop):
+def test_best_weights_are_chosen_on_validation(student_loop, judged):
     """Validation labels follow the training rule reversed, so validation accuracy falls as training
     succeeds: the best epoch is an early one, and keeping the last epoch would fail here."""
+    e = ex.judging(judged)  # one exercise at a time under --student; see the plugin
     ours, state, ref, history, best_epoch = _fit_and_reference(_features(16, seed=2, flip=True))
     assert best_epoch < 4  # the scenario does what it says
     assert state["best"]["epoch"] == best_epoch
     for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
         torch.testing.assert_close(a.double(), b, rtol=0, atol=1e-5, msg=name)
     # The returned model holds the best epoch's weights, and they reproduce its validation score.
-    again = ex.evaluate(ours, _head_loaders(_features(32, 1), _features(16, 2, flip=True), torch.float32)["val"])
+    again = e.evaluate(ours, _head_loaders(_features(32, 1), _features(16, 2, flip=True), torch.float32)["val"])
     assert again["acc"] == state["best"]["val_acc"] == history[best_epoch - 1]["val_acc"]
 
 

@@ -12,10 +12,9 @@ import torchvision
 from torch import nn
 
 from pneumonia_cam.exercises import exercise_impl
-from pneumonia_cam.steps.model import (
+from pneumonia_cam.steps.model import build_model, count_parameters
+from pneumonia_cam.support.weights import (
     WeightsUnavailableError,
-    build_model,
-    count_parameters,
     expected_weights_file,
     imagenet_weights,
 )

@@ -9,9 +9,9 @@ Each failing test names the exercise and repeats its hint; when every exercise p
 so in one line. Read lessons/03_cam/README.md first. The answers are in pneumonia_cam/steps/hook.py,
 weighted_sum.py, zoom.py and overlay.py: try without them.
 
-Notation (Zhou et al. 2016): $f_k(x, y)$ is channel $k$ of ``layer4``'s output at cell $(x, y)$,
+Notation (the glossary's; Zhou et al. 2016 write $f_k$ for $A_k$): $A_k(x, y)$ is channel $k$ of ``layer4``'s output at cell $(x, y)$,
 $w^c_k$ the head's weight from channel $k$ to class $c$ (``model.fc[0].weight``, shape (C, K)), $b_c$
-its bias. The Class Activation Map is $M_c(x, y) = \\sum_k w^c_k f_k(x, y)$.
+its bias. The Class Activation Map is $M_c(x, y) = \\sum_k w^c_k A_k(x, y)$.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def class_activation_map(
     class_idx: int | torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Class Activation Maps $M_c(x, y) = \\sum_k w^c_k f_k(x, y)$ (+ $b_c$ in every cell) for a batch.
+    """Class Activation Maps $M_c(x, y) = \\sum_k w^c_k A_k(x, y)$ (+ $b_c$ in every cell) for a batch.
 
     Args:
         features: (B, K, h, w) output of the hooked layer.

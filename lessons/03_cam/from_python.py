@@ -21,10 +21,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pneumonia_cam import CLASSES
+from pneumonia_cam.extensions.map_model import load_model
 from pneumonia_cam.steps.data import make_transforms
 from pneumonia_cam.steps.overlay import show_cam_on_image
 from pneumonia_cam.steps.weighted_sum import cam_from_model
-from pneumonia_cam.support.checkpoint import load_model
 from pneumonia_cam.support.images import load_image
 
 

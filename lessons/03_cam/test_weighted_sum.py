@@ -22,7 +22,7 @@ TOL = 1e-10  # float64: the two computations differ only in summation order
 
 @pytest.mark.exercise("class_activation_map")
 def test_hand_computed_two_channel_2x2():
-    """M(x, y) = sum_k w_k f_k(x, y) by hand: f_1 = [[1, 2], [3, 4]], f_2 = [[0, 1], [1, 0]],
+    """M(x, y) = sum_k w_k A_k(x, y) by hand: A_1 = [[1, 2], [3, 4]], A_2 = [[0, 1], [1, 0]],
     w = (2, -1)  ->  M = [[2*1 - 0, 2*2 - 1], [2*3 - 1, 2*4 - 0]] = [[2, 3], [5, 8]]."""
     f = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [1.0, 0.0]]], dtype=torch.float64)
     w = torch.tensor([[2.0, -1.0], [0.5, 0.5]], dtype=torch.float64)  # row 0 is the class we want

@@ -25,26 +25,28 @@ def peak(y, x, size=8) -> np.ndarray:
 
 
 @pytest.mark.exercise("hit_0px", "pointing_game")
-def test_hit_at_0px_needs_the_maximum_on_the_lesion_itself():
+def test_hit_at_0px_needs_the_maximum_on_the_lesion_itself(judged):
+    e = ex.judging(judged)  # one exercise at a time under --student; see the plugin
     mask = lesion()
-    assert ex.hit_0px(peak(2, 5), mask) and ex.hit_0px(peak(3, 6), mask)
+    assert e.hit_0px(peak(2, 5), mask) and e.hit_0px(peak(3, 6), mask)
     # one pixel beside the lesion: a miss at 0 px, a hit at any tolerance >= 1 px
-    assert not ex.hit_0px(peak(2, 4), mask)
-    assert ex.pointing_game(peak(2, 4), mask, tolerance=1)
-    assert not ex.pointing_game(peak(2, 4), mask, tolerance=0.5)
-    assert ex.hit_0px(peak(2, 4), mask) == ex.pointing_game(peak(2, 4), mask, tolerance=0)
+    assert not e.hit_0px(peak(2, 4), mask)
+    assert e.pointing_game(peak(2, 4), mask, tolerance=1)
+    assert not e.pointing_game(peak(2, 4), mask, tolerance=0.5)
+    assert e.hit_0px(peak(2, 4), mask) == e.pointing_game(peak(2, 4), mask, tolerance=0)
     # a flat map "points" at its first pixel: (0, 0), off the lesion
-    assert not ex.hit_0px(np.ones((8, 8)), mask)
-    assert ex.hit_0px(np.ones((8, 8)), lesion(rows=slice(0, 1), cols=slice(0, 1)))
+    assert not e.hit_0px(np.ones((8, 8)), mask)
+    assert e.hit_0px(np.ones((8, 8)), lesion(rows=slice(0, 1), cols=slice(0, 1)))
 
 
 @pytest.mark.exercise("pointing_game", "hit_0px")
-def test_the_15px_tolerance_is_half_a_7x7_cell_at_224px():
+def test_the_15px_tolerance_is_half_a_7x7_cell_at_224px(judged):
     """At 224 px a 7x7 cell is 32 px wide: a peak anywhere in the lesion's cell row is nearly a hit."""
+    e = ex.judging(judged)  # one exercise at a time under --student; see the plugin
     mask = np.zeros((224, 224), dtype=bool)
     mask[100:110, 100:110] = True
-    assert ex.pointing_game(peak(105, 124, 224), mask)  # 15 px right of the lesion: a hit at 15 px
-    assert not ex.hit_0px(peak(105, 124, 224), mask)
+    assert e.pointing_game(peak(105, 124, 224), mask)  # 15 px right of the lesion: a hit at 15 px
+    assert not e.hit_0px(peak(105, 124, 224), mask)
 
 
 @pytest.mark.exercise("pointing_game")

@@ -1,4 +1,4 @@
-r"""Lesson 04, pool-the-map: a head that pools the class map (``pneumonia_cam.steps.model.ClassMapPool``).
+r"""Lesson 04, pool-the-map: a head that pools the class map (``pneumonia_cam.extensions.map_model.ClassMapPool``).
 
 The article's head averages the features, then weighs them: $z_c = \sum_k w^c_k \bar A_k + b_c$,
 which is the *mean* of the class map $M_c + b_c$. The pooled-map head keeps the map and changes only
@@ -28,26 +28,24 @@ from torch import nn
 
 from pneumonia_cam import train
 from pneumonia_cam.extensions.gradcam import grad_cam
-from pneumonia_cam.steps.hook import LayerActivations
-from pneumonia_cam.steps.model import (
+from pneumonia_cam.extensions.map_model import (
     POOLINGS,
     ClassMapPool,
-    build_model,
+    build_map_model,
     check_pooling,
+    load_model,
     pool_cells,
     pool_class_map_,
     topk_count,
 )
+from pneumonia_cam.steps.hook import LayerActivations
+from pneumonia_cam.steps.model import build_model
 from pneumonia_cam.steps.weighted_sum import (
     cam_from_model,
     class_activation_map,
     head_linear,
 )
-from pneumonia_cam.support.checkpoint import (
-    CheckpointError,
-    load_model,
-    save_checkpoint,
-)
+from pneumonia_cam.support.checkpoint import CheckpointError, save_checkpoint
 from pneumonia_cam.support.config import TrainConfig
 
 TOL = 1e-10
@@ -148,7 +146,7 @@ def test_default_build_is_the_article_model_and_pooling_changes_only_the_head():
     article = build_model("resnet18", weights="none")
     after_article = torch.rand(4)  # the random state build_model leaves behind
     torch.manual_seed(0)
-    lse = build_model("resnet18", weights="none", pooling="lse")
+    lse = build_map_model("resnet18", weights="none", pooling="lse")
     after_lse = torch.rand(4)
     # The default is untouched: torchvision's GAP and the Sequential(Linear, LogSoftmax) head.
     assert isinstance(article.avgpool, nn.AdaptiveAvgPool2d) and type(article.fc[0]) is nn.Linear
@@ -198,7 +196,7 @@ def test_nonlinear_pooling_is_not_the_mean_of_the_cam(cam_cnn, pooling, params):
 
 def test_build_model_lse_head_works_with_cam_gradcam_and_channels_last(cam_images_f64):
     torch.manual_seed(0)
-    model = build_model("resnet18", weights="none", pooling="lse", lse_r=4.0).double().eval()
+    model = build_map_model("resnet18", weights="none", pooling="lse", lse_r=4.0).double().eval()
     x = cam_images_f64  # (2, 3, 64, 64) -> 2x2 layer4 grid
     head = head_linear(model)
     assert head is model.fc[0] and head.weight.shape == (2, 512) and head.bias.shape == (2,)
@@ -272,7 +270,7 @@ def test_topk_count(fraction, cells, k):
 @pytest.mark.parametrize("pooling, params", [("lse", {"lse_r": 5.0}), ("topk", {"topk_fraction": 0.5})])
 def test_checkpoint_reload_keeps_the_pooling(tmp_path, pooling, params):
     torch.manual_seed(0)
-    model = build_model("resnet18", weights="none", pooling=pooling, **params).eval()
+    model = build_map_model("resnet18", weights="none", pooling=pooling, **params).eval()
     cfg = TrainConfig(pooling=pooling, **params).to_dict()
     path = save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "config": cfg,
                                                   "classes": ["NORMAL", "PNEUMONIA"], "metrics": {}})
@@ -316,7 +314,7 @@ def test_checkpoint_with_a_bad_pooling_is_a_one_line_error(tmp_path):
 ])
 def test_bad_pooling_settings_are_one_line_errors(kwargs, message):
     for make in (lambda: check_pooling(**kwargs), lambda: ClassMapPool(8, 2, **kwargs),
-                 lambda: build_model("resnet18", weights="none", **kwargs)):
+                 lambda: build_map_model("resnet18", weights="none", **kwargs)):
         with pytest.raises(ValueError, match=message) as err:
             make()
         assert "\n" not in str(err.value)

@@ -149,15 +149,26 @@ class Implementation:
     """What ``exercise_impl(lesson)`` returns: ``.name`` resolves, at each access, to the package's
     object or, under ``--student``, to the student's."""
 
-    def __init__(self, lesson: str) -> None:
+    def __init__(self, lesson: str, judged: str | None = None) -> None:
         self._lesson = check_lesson(lesson)
+        self._judged = judged
+
+    def judging(self, name: str | None) -> Implementation:
+        """The same, except that only exercise ``name`` is the student's; every other name is the
+        package's. A test that uses two exercises (``zoom_article`` beside ``upsample``) then judges
+        one at a time: a correct ``zoom_article`` passes while ``upsample`` is still a stub. ``None``:
+        no restriction.
+        """
+        if name is not None and name not in EXERCISES[self._lesson]:
+            raise AttributeError(f"{name!r} is not an exercise of lesson {self._lesson}")
+        return Implementation(self._lesson, name)
 
     def __getattr__(self, name: str):
         if name.startswith("_") or name not in EXERCISES[self._lesson]:
             raise AttributeError(f"{name!r} is not an exercise of lesson {self._lesson} "
                                  f"({', '.join(EXERCISES[self._lesson])})")
         session = ACTIVE[-1] if ACTIVE else None
-        if session is None or session.student is None:
+        if session is None or session.student is None or (self._judged is not None and name != self._judged):
             return getattr(importlib.import_module(EXERCISES[self._lesson][name]), name)
         module = session.module(self._lesson)
         if not hasattr(module, name):
@@ -166,7 +177,8 @@ class Implementation:
         return getattr(module, name)
 
     def __repr__(self) -> str:
-        return f"exercise_impl({self._lesson!r})"
+        judged = f".judging({self._judged!r})" if self._judged else ""
+        return f"exercise_impl({self._lesson!r}){judged}"
 
 
 def exercise_impl(lesson: str) -> Implementation:

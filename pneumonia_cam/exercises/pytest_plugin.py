@@ -6,6 +6,12 @@
   it lives in). Under ``--student``, a failing one gets a report section naming the exercise and
   showing its hint; the exercise tests of a lesson without a student file are skipped, saying how to
   start it; and the summary says, per lesson, which exercises pass.
+* A test that uses several exercises and takes the ``judged`` argument runs, under ``--student``,
+  once per exercise, with only that one taken from the student's file (``ex.judging(judged)``); so
+  each exercise is judged by its own tests. In a normal run it runs once, ``judged`` is ``None``.
+* Under ``--student`` the report is short: per failing exercise, each failing test with a one-line
+  reason and the exercise's hint (read from the lesson's template, whatever the student's file now
+  says). ``-v`` or an explicit ``--tb=...`` brings back pytest's full tracebacks.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from pneumonia_cam.exercises import ACTIVE, EXERCISES, ExerciseError, Session, hints, student_files
+from pneumonia_cam.exercises import ACTIVE, EXERCISES, ExerciseError, Session, hints, student_files, template_path
+
+#: Where a one-line reason stops: what follows is numpy's dump of the arrays.
+_DUMP_STARTS = (" ACTUAL:", " x: array", " DESIRED:")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -35,6 +44,11 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(err)) from None
     config.stash[_STATE] = _State(Session(student=files))
     ACTIVE.append(config.stash[_STATE].session)
+    # Short reports for students, unless they asked for more (-v, or --tb=long/short/...).
+    if files is not None and config.option.tbstyle == "auto" and config.option.verbose <= 0:
+        config.stash[_STATE].compact = True
+        config.option.tbstyle = "no"
+        config.option.reportchars = "sxX"  # skips stay counted and explained; failures are listed below
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -48,6 +62,8 @@ class _State:
         self.session = session
         self.items: dict[str, tuple[str, tuple[str, ...]]] = {}  # nodeid -> (lesson, exercise names)
         self.outcomes: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+        self.reasons: dict[str, dict[str, list[tuple[str, str]]]] = defaultdict(lambda: defaultdict(list))
+        self.compact = False
 
 
 _STATE = pytest.StashKey[_State]()
@@ -60,6 +76,20 @@ def _lesson_of(item: pytest.Item) -> str | None:
     return None
 
 
+@pytest.fixture
+def judged() -> str | None:
+    """The one exercise a several-exercise test judges (``None``: all of them; see the module's docstring)."""
+    return None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "judged" not in metafunc.fixturenames or metafunc.config.getoption("student", None) is None:
+        return
+    names = tuple(dict.fromkeys(n for m in metafunc.definition.iter_markers("exercise") for n in m.args))
+    if len(names) > 1:
+        metafunc.parametrize("judged", [pytest.param(n, id=n) for n in names])
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[_STATE]
     for item in items:
@@ -67,7 +97,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not marks:
             continue
         lesson = _lesson_of(item)
-        names = tuple(n for m in marks for n in m.args)
+        names = tuple(dict.fromkeys(n for m in marks for n in m.args))
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("judged") in names:
+            names = (callspec.params["judged"],)  # this copy judges one exercise only
         if lesson is None or not names or any(n not in EXERCISES[lesson] for n in names):
             raise pytest.UsageError(f"{item.nodeid}: exercise{names} is not an exercise of the lesson "
                                     f"folder {lesson}")
@@ -94,20 +127,47 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     lesson, names = state.items[item.nodeid]
     if report.failed:
         path = student.get(lesson)
-        found = hints(path) if path is not None else {}
+        found = hints(template_path(lesson))  # the template's hints: the student may have rewritten theirs
         lines = [f"{name}: {found.get(name) or 'see lessons/' + lesson + '/README.md'}" for name in names]
         report.sections.append((f"exercise {', '.join(names)} (lesson {lesson}, your file {path})",
                                 "\n".join(lines)))
+        test = item.nodeid.split("/")[-1] + ("" if report.when == "call" else f" (in {report.when})")
+        for name in names:
+            state.reasons[lesson][name].append((test, _one_line(report)))
     if report.when == "call" or report.outcome != "passed":
         for name in names:
             state.outcomes[lesson][name].append(report.outcome)
     return report
 
 
+def _one_line(report: pytest.TestReport) -> str:
+    """The failure's reason on one line: the exception and its message, without numpy's array dumps."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr or "")
+    text = " ".join(text.split())
+    for start in _DUMP_STARTS:
+        text = text.split(start, 1)[0]
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     state = config.stash[_STATE]
     if state.session.student is None:
         return
+    if state.compact:
+        for lesson, failed in state.reasons.items():
+            found = hints(template_path(lesson))
+            for name in EXERCISES[lesson]:
+                if name not in failed:
+                    continue
+                terminalreporter.write_line("")
+                terminalreporter.write_line(f"exercise {name} (lesson {lesson}): {len(failed[name])} failing "
+                                            f"test(s)", red=True, bold=True)
+                for test, reason in failed[name]:
+                    terminalreporter.write_line(f"  {test}: {reason}")
+                terminalreporter.write_line(f"  hint: {found.get(name) or 'see lessons/' + lesson + '/README.md'}")
+        if state.reasons:
+            terminalreporter.write_line("(full tracebacks: add -v or --tb=long)")
     for lesson, ran in state.outcomes.items():
         if all(o == "skipped" for outcomes in ran.values() for o in outcomes):
             continue  # no student file for this lesson: the skip reasons say so

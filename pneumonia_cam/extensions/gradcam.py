@@ -45,12 +45,17 @@ tensor hook on the output (``output.register_hook``) fail there, because a froze
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
+from pneumonia_cam import CLASSES
+from pneumonia_cam.steps import overlay
 from pneumonia_cam.steps.hook import LayerActivations
 from pneumonia_cam.steps.weighted_sum import cam_from_model, head_linear
 
@@ -190,3 +195,41 @@ def class_maps(
         (maps,), _, log_probs = grad_cams(model, [model.layer4], x, class_idx)
     shown = log_probs.argmax(1) if class_idx is None else torch.full((len(x),), class_idx, device=x.device)
     return maps, log_probs, shown  # (B, h, w), (B, C), (B,)
+
+
+@torch.no_grad()
+def cam_grid(
+    model: nn.Module,
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    masks: Sequence[np.ndarray] | None = None,
+    method: str = "cam",
+    class_idx: int | None = None,
+    titles: Sequence[str] | None = None,
+    classes: Sequence[str] = CLASSES,
+    ncols: int = 4,
+    dpi: int = 100,
+) -> Path:
+    """Compute maps for a few images and save the grid figure (``cam_grid.png`` in a run folder).
+
+    The maps come from :func:`class_maps`; the drawing is the article's overlay,
+    :func:`pneumonia_cam.steps.overlay.plot_cam_grid`.
+
+    Args:
+        model: trained classifier (put in eval mode here), with ``layer4`` and ``fc[0]``.
+        images: ``(N, 3, H, W)`` normalized inputs (e.g. 8 test images).
+        path: output PNG path.
+        masks: optional ground-truth masks at input resolution, drawn as contours.
+        method: ``"cam"`` or ``"gradcam"`` (Grad-CAM on the logit).
+        class_idx: class whose map is drawn; ``None`` = each image's prediction.
+        titles: optional first title line per image.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    model.eval()
+    images = images.to(next(model.parameters()).device)
+    cams, log_probs, shown = class_maps(model, images, method, class_idx)  # (N, h, w), (N, C), (N,)
+    fig = overlay.plot_cam_grid(images.cpu(), cams.cpu(), log_probs.exp().cpu(), masks, shown.cpu(),
+                                titles, classes, ncols)
+    return overlay.save_figure(fig, path, dpi)

@@ -521,7 +521,7 @@ def evaluate_localization(
         lung_masks: ``N`` bool lung-field masks aligned like ``masks``
             (:func:`pneumonia_cam.support.phantoms.load_lung_mask`), for the lung baselines.
         dilated_model: the same weights with a dilated ``layer4``, e.g.
-            ``pneumonia_cam.steps.model.dilate_layer4_(copy.deepcopy(model))``, or a model trained
+            ``pneumonia_cam.extensions.map_model.dilate_layer4_(copy.deepcopy(model))``, or a model trained
             with ``dilate_layer4=True``.
         target_class: whose map is scored: the ground-truth class, PNEUMONIA = 1, for every image.
         tolerance: pointing-game tolerance in pixels.

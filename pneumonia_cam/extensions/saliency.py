@@ -8,7 +8,7 @@ block's output, $w^c_k$ and $b_c$ the head's weight and bias, $y^c$ the head's l
 
 * **CAM** (Zhou et al. 2016), the article's map at ``layer4``: $M_c = \\sum_k w^c_k A_k$.
 * **Dilated CAM**: the CAM of the same weights with ``layer4`` dilated instead of strided
-  (:func:`pneumonia_cam.steps.model.dilate_layer4_` on a copy), a 14x14 grid at 224 px.
+  (:func:`pneumonia_cam.extensions.map_model.dilate_layer4_` on a copy), a 14x14 grid at 224 px.
 * **Grad-CAM** at ``layer3`` (:mod:`pneumonia_cam.extensions.gradcam`): channel weights are the
   spatial mean of the gradient.
 * **LayerCAM** (Jiang et al., IEEE TIP 2021, Eq. 4-5): every *cell* keeps its own positive gradient

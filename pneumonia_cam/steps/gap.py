@@ -16,14 +16,14 @@ and the linear head turns the $K$ means into one score per class $c$ with weight
 $b_c$:
 
 $$
-S_c = \sum_k w^c_k F_k + b_c .
+z_c = \sum_k w^c_k F_k + b_c .
 $$
 
 Because both steps are linear, the sum over $k$ and the mean over $(x, y)$ can be swapped, which is
 the whole trick behind CAM (lesson 03):
 
 $$
-S_c = \frac{1}{h w} \sum_{x, y} \underbrace{\sum_k w^c_k A_k(x, y)}_{M_c(x, y)} + b_c .
+z_c = \frac{1}{h w} \sum_{x, y} \underbrace{\sum_k w^c_k A_k(x, y)}_{M_c(x, y)} + b_c .
 $$
 
 GAP also keeps the head tiny. A dense layer on the flattened $K \times h \times w$ map needs

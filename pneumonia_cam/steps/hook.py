@@ -6,10 +6,10 @@ A Class Activation Map (Zhou et al., "Learning Deep Features for Discriminative 
 CVPR 2016) needs two things the forward pass computes but does not return:
 
 $$
-M_c(x, y) = \\sum_k w^c_k \\, f_k(x, y)
+M_c(x, y) = \\sum_k w^c_k \\, A_k(x, y)
 $$
 
-where $f_k(x, y)$ is channel $k$ of the last convolutional block's output at cell $(x, y)$ (here
+where $A_k(x, y)$ is channel $k$ of the last convolutional block's output at cell $(x, y)$ (here
 ResNet's ``layer4``: $K = 512$ channels for ResNet-18/34, $2048$ for ResNet-50/101/152, on a $7
 \\times 7$ grid for a 224-pixel input) and $w^c_k$ is the head's weight from channel $k$ to class $c$
 (``model.fc[0].weight``). The weights are parameters we can read at any time; the feature maps

@@ -5,7 +5,7 @@ Tutorial section: *Class Activation Maps* — "plot the heatmap over the image".
 What the overlay should be: the network's input in gray (the X-ray after the evaluation Resize and
 CenterCrop, with the ImageNet normalization undone), and the normalized map
 $S = \\mathrm{minmax}(\\mathrm{ReLU}(M_c))$ (Zhou et al. 2016's class activation map
-$M_c(x, y) = \\sum_k w^c_k f_k(x, y)$, upsampled to the image) in the ``jet`` colormap at alpha 0.5
+$M_c(x, y) = \\sum_k w^c_k A_k(x, y)$, upsampled to the image) in the ``jet`` colormap at alpha 0.5
 on top, with a colorbar saying that red is 1 (the map's maximum) and blue 0.
 
 Two things go wrong in the article's plot, and both are shown in ``lessons/03_cam``:
@@ -31,10 +31,8 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from torch import nn
 
 from pneumonia_cam import CLASSES
-from pneumonia_cam.extensions.gradcam import class_maps
 
 # The Normalize statistics the images were fed with (re-exported): un-normalizing undoes exactly those.
 from pneumonia_cam.steps.data import IMAGENET_MEAN, IMAGENET_STD
@@ -124,7 +122,7 @@ def save_overlay(
     ax = fig.add_subplot()
     heat = show_cam_on_image(ax, image, cam, mask, alpha=alpha, title=title)
     fig.colorbar(heat, ax=ax, fraction=0.046, pad=0.04, label="normalized CAM")
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_cam_grid(
@@ -178,42 +176,8 @@ def plot_cam_grid(
     return fig
 
 
-@torch.no_grad()
-def cam_grid(
-    model: nn.Module,
-    images: torch.Tensor,
-    path: str | os.PathLike,
-    masks: Sequence[np.ndarray] | None = None,
-    method: str = "cam",
-    class_idx: int | None = None,
-    titles: Sequence[str] | None = None,
-    classes: Sequence[str] = CLASSES,
-    ncols: int = 4,
-    dpi: int = 100,
-) -> Path:
-    """Compute maps for a few images and save the grid figure (``cam_grid.png`` in a run folder).
-
-    Args:
-        model: trained classifier (put in eval mode here), with ``layer4`` and ``fc[0]``.
-        images: ``(N, 3, H, W)`` normalized inputs (e.g. 8 test images).
-        path: output PNG path.
-        masks: optional ground-truth masks at input resolution, drawn as contours.
-        method: ``"cam"`` or ``"gradcam"`` (Grad-CAM on the logit).
-        class_idx: class whose map is drawn; ``None`` = each image's prediction.
-        titles: optional first title line per image.
-
-    Returns:
-        ``path`` as a ``Path``.
-    """
-    model.eval()
-    images = images.to(next(model.parameters()).device)
-    cams, log_probs, shown = class_maps(model, images, method, class_idx)  # (N, h, w), (N, C), (N,)
-    fig = plot_cam_grid(images.cpu(), cams.cpu(), log_probs.exp().cpu(), masks, shown.cpu(),
-                        titles, classes, ncols)
-    return _save(fig, path, dpi)
-
-
-def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Save ``fig`` as a PNG at ``path`` (its folder created if needed), cropped to what is drawn."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")

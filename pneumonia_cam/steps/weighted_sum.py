@@ -3,7 +3,7 @@
 Tutorial section: *Class Activation Maps* — "multiply the feature maps by the weights of the
 predicted class and sum them up" (the article: ``cam = np.dot(out_features, w)``).
 
-Notation (one image): $f_k(x, y)$ is channel $k \\in \\{1..K\\}$ of ``layer4``'s output at cell
+Notation (one image): $A_k(x, y)$ is channel $k \\in \\{1..K\\}$ of ``layer4``'s output at cell
 $(x, y)$ of the $h \\times w$ grid; $w^c_k$ is row $c$, column $k$ of the head's weight matrix
 $W \\in \\mathbb{R}^{C \\times K}$ (``model.fc[0].weight``); $b_c$ its bias (``model.fc[0].bias``).
 The network's head is global average pooling followed by that linear layer, so the logit of
@@ -11,9 +11,9 @@ class $c$ is
 
 $$
 \\begin{aligned}
-z_c &= \\sum_k w^c_k \\, \\frac{1}{hw} \\sum_{x,y} f_k(x, y) + b_c
+z_c &= \\sum_k w^c_k \\, \\frac{1}{hw} \\sum_{x,y} A_k(x, y) + b_c
      = \\frac{1}{hw} \\sum_{x,y} M_c(x, y) + b_c, \\\\
-M_c(x, y) &= \\sum_k w^c_k \\, f_k(x, y).
+M_c(x, y) &= \\sum_k w^c_k \\, A_k(x, y).
 \\end{aligned}
 $$
 
@@ -40,7 +40,6 @@ import torch
 from torch import nn
 
 from pneumonia_cam.steps.hook import LayerActivations
-from pneumonia_cam.steps.model import ClassMapPool
 
 
 def class_activation_map(
@@ -49,7 +48,7 @@ def class_activation_map(
     class_idx: int | torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Class Activation Maps $M_c(x, y) = \\sum_k w^c_k f_k(x, y)$ for a batch.
+    """Class Activation Maps $M_c(x, y) = \\sum_k w^c_k A_k(x, y)$ for a batch.
 
     Args:
         features: ``(B, K, h, w)`` output of the hooked layer (``LayerActivations.features``).
@@ -173,19 +172,28 @@ def cam_from_model(
     return cams, log_probs
 
 
-def head_linear(model: nn.Module) -> nn.Linear | ClassMapPool:
+def head_linear(model: nn.Module) -> nn.Module:
     """The head's layer that holds $w^c_k$ (``.weight``, (C, K)) and $b_c$ (``.bias``, (C,)).
 
-    ``model.fc[0]`` (article layout: an ``nn.Linear``; with a pooled class map, a
-    :class:`~pneumonia_cam.steps.model.ClassMapPool`, whose logit is the pooled CAM plus $b_c$), or
-    ``model.fc`` when it is a plain ``nn.Linear``.
+    ``model.fc[0]`` in the article's layout (``fc = Sequential(Linear, LogSoftmax)``), or ``model.fc``
+    when it is a plain ``nn.Linear``. Any layer in that place with a 2-D ``weight`` and a ``bias`` is
+    accepted: a head that computes the class map first and then pools it
+    (:class:`pneumonia_cam.extensions.map_model.ClassMapPool`) keeps both names, and its logit is
+    the pooled CAM plus $b_c$.
     """
     fc = model.fc
     if isinstance(fc, nn.Linear):
         return fc
-    if isinstance(fc, nn.Sequential) and isinstance(fc[0], (nn.Linear, ClassMapPool)):
+    if isinstance(fc, nn.Sequential) and len(fc) and _holds_weight_and_bias(fc[0]):
         return fc[0]
-    raise TypeError(f"model.fc must be nn.Linear or nn.Sequential(nn.Linear or ClassMapPool, ...), got {fc}")
+    raise TypeError(f"model.fc must be nn.Linear or nn.Sequential(a layer with a (C, K) weight and a (C,) "
+                    f"bias, ...), got {fc}")
+
+
+def _holds_weight_and_bias(layer: nn.Module) -> bool:
+    weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
+    return isinstance(weight, torch.Tensor) and weight.ndim == 2 and isinstance(bias, torch.Tensor) \
+        and bias.shape == weight.shape[:1]
 
 
 # --- The article's way, kept as the reference the tests compare against ------------------------
@@ -204,6 +212,6 @@ def article_cam_numpy(features_hwk: np.ndarray, weight_k: np.ndarray) -> np.ndar
     """The article's CAM for one image: ``np.dot`` of an ``(h, w, K)`` array with a ``(K,)`` vector.
 
     ``np.dot`` contracts the last axis of the first argument with the vector: for each cell,
-    $\\sum_k f_k(x, y) w^c_k$ — Eq. 2 of Zhou et al., one image and one class at a time.
+    $\\sum_k A_k(x, y) w^c_k$ — Eq. 2 of Zhou et al., one image and one class at a time.
     """
     return np.dot(features_hwk, weight_k)  # (h, w, K) . (K,) -> (h, w)

@@ -1,2 +1,2 @@
 """What the steps lean on but a reader of the article can skip: ``phantoms``, ``images``, ``splits``,
-``runtime``, ``config``, ``checkpoint``, ``report``, ``distributed``, ``pipeline``."""
+``runtime``, ``config``, ``weights``, ``checkpoint``, ``report``, ``distributed``."""

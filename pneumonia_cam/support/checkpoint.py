@@ -27,9 +27,6 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 import torch
-from torch import nn
-
-from pneumonia_cam.steps.model import ARCHS, build_model, check_pooling
 
 # Types that torch.load(weights_only=True) rebuilds; anything else in a payload is a bug on our side.
 _SAFE_SCALARS = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.Size)
@@ -112,16 +109,65 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     return atomic_write(path, lambda f: torch.save(payload, f))
 
 
+def file_kind(path: str | os.PathLike) -> str | None:
+    """What a file is, when it is plainly not a PyTorch checkpoint; ``None`` when it could be one.
+
+    ``torch.save`` writes a zip archive (``PK\\x03\\x04``) holding ``<name>/data.pkl``, or, in the
+    legacy format, a pickle (first byte ``\\x80``). Anything else is named by its first bytes, so that
+    a message can say "a JSON file" or "a PNG image" instead of an unpickling error.
+
+    Returns:
+        e.g. ``"a folder"``, ``"an empty file"``, ``"a text file"``, ``"a JSON file"``, ``"a PNG image"``,
+            ``"a zip archive that is not a PyTorch checkpoint"``; or ``None``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "a folder"
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                if not any(n.endswith("data.pkl") for n in z.namelist()):
+                    return "a zip archive that is not a PyTorch checkpoint"
+        except zipfile.BadZipFile:
+            return None  # a checkpoint cut short: torch.load says so
+        return None
+    if head[:1] == b"\x80":
+        return None
+    for magic, kind in ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+                        (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"%PDF", "a PDF document")):
+        if head.startswith(magic):
+            return kind
+    if head[128:132] == b"DICM":
+        return "a DICOM file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "a binary file that is not a PyTorch checkpoint"
+    return "a JSON file" if text.lstrip()[:1] in ("{", "[") else "a text file"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint with ``torch.load(weights_only=True)``.
 
     Raises:
-        CheckpointError: one line naming the file and what is wrong (missing, truncated/corrupt,
-            holds objects that are not plain data, or lacks the ``"model"`` state dict).
+        CheckpointError: one line naming the file and what is wrong: missing, a folder, not a PyTorch
+            file at all (text, JSON, an image: :func:`file_kind`), truncated or corrupt, holding
+            objects that are not plain data, or lacking the ``"model"`` state dict.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file; pass a best.pt or last.pt "
+                              f"(e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; train one with python -m pneumonia_cam.train")
+    kind = file_kind(path)
+    if kind is not None:
+        raise CheckpointError(f"{path} is {kind}, not a PyTorch checkpoint; pass the best.pt or last.pt "
+                              f"of a run folder written by python -m pneumonia_cam.train")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -130,13 +176,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "global" in ln]
         detail = f" ({lines[0][:160]})" if lines else ""
         raise CheckpointError(
-            f"refused to load {path}: it contains pickled objects that are not plain tensors/data "
-            f"and could run code{detail}; only load checkpoints written by pneumonia_cam from a "
-            f"source you trust"
+            f"refused to load {path}: it is a PyTorch file, but it contains pickled objects that are not "
+            f"plain tensors/data and could run code{detail}; only load checkpoints written by "
+            f"pneumonia_cam from a source you trust"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - truncated zip, bad records, I/O: all one message
         raise CheckpointError(
-            f"cannot read checkpoint {path}: the file is truncated or not a PyTorch checkpoint "
+            f"cannot read checkpoint {path}: it is a PyTorch file that is truncated or corrupt "
             f"({type(exc).__name__}); re-run training or copy the file again"
         ) from None
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
@@ -147,57 +193,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return payload
 
 
-def load_model(
-    path: str | os.PathLike,
-    map_location: str | torch.device = "cpu",
-    arch: str | None = None,
-    num_classes: int | None = None,
-) -> tuple[nn.Module, dict]:
-    """Rebuild the model a checkpoint was trained as, load its weights, return it in eval mode.
-
-    The architecture comes from ``payload["config"]`` (``arch``, ``dilate_layer4``, and the head's
-    ``pooling``, ``lse_r``, ``topk_fraction``: the state dict alone cannot tell the poolings apart,
-    their heads have the same ``fc.0.weight`` and ``fc.0.bias``) and the class count from
-    ``payload["classes"]``; the model is built with ``weights="none"`` (nothing is read or downloaded
-    besides ``path``).
-
-    Args:
-        path: a ``best.pt`` or ``last.pt``.
-        map_location: device for the tensors.
-        arch: if given, the architecture the caller expects; a different one is an error.
-        num_classes: if given, the class count the caller expects.
+def resolve_run_checkpoint(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """The checkpoint a user means: a file as given, or the ``best.pt`` of a run folder.
 
     Returns:
-        ``(model.eval(), payload)``.
+        ``(checkpoint path, note)``; the note (``"using runs/demo/best.pt, the run's best weights"``)
+            is ``None`` when ``path`` was used as given.
 
     Raises:
-        CheckpointError: unreadable file, or weights that do not fit the expected architecture/classes.
+        CheckpointError: a folder without ``best.pt``.
     """
-    payload = load_checkpoint(path, map_location)
-    cfg = payload.get("config") or {}
-    ck_arch = cfg.get("arch", "resnet18")
-    ck_classes = len(payload.get("classes") or ()) or int(payload["model"]["fc.0.bias"].numel())
-    if ck_arch not in ARCHS:
-        raise CheckpointError(f"checkpoint {path} names unknown arch {ck_arch!r}; expected one of {ARCHS}")
-    if (arch is not None and arch != ck_arch) or (num_classes is not None and num_classes != ck_classes):
-        raise CheckpointError(
-            f"checkpoint {path} holds a {ck_arch} with {ck_classes} classes, but a "
-            f"{arch or ck_arch} with {num_classes or ck_classes} classes was expected"
-        )
-    pooling = {"pooling": cfg.get("pooling", "mean"), "lse_r": float(cfg.get("lse_r", 10.0)),
-               "topk_fraction": float(cfg.get("topk_fraction", 0.1))}
-    try:
-        check_pooling(**pooling)
-    except ValueError as exc:
-        raise CheckpointError(f"checkpoint {path} has a bad head config: {exc}") from None
-    model = build_model(ck_arch, weights="none", num_classes=ck_classes,
-                        dilate_layer4=bool(cfg.get("dilate_layer4", False)), **pooling)
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())[:200]
-        raise CheckpointError(
-            f"checkpoint {path} does not fit a {ck_arch} with {ck_classes} classes as its config says "
-            f"({detail})"
-        ) from None
-    return model.to(map_location).eval(), payload
+    path = Path(path)
+    if not path.is_dir():
+        return path, None
+    best = path / "best.pt"
+    if best.is_file():
+        return best, f"{path} is a run folder: using {best}, the run's best weights"
+    raise CheckpointError(f"{path} is a folder without a best.pt; pass a run folder written by "
+                          f"python -m pneumonia_cam.train (e.g. runs/demo) or a checkpoint file")

@@ -70,7 +70,7 @@ class TrainConfig:
                               "torchvision's cache ($TORCH_HOME/hub/checkpoints/)")
     freeze_backbone: bool = _f(False, "train only the new head (the article's recipe)")
     dilate_layer4: bool = _f(False, "output stride 16: 14x14 CAM grid at 224 px instead of 7x7")
-    # How the head pools over the grid (pneumonia_cam.steps.model.ClassMapPool). mean is the article's
+    # How the head pools over the grid (pneumonia_cam.extensions.map_model.ClassMapPool). mean is the article's
     # GAP + linear head; lse and topk pool the class map itself, so a few cells can decide the logit.
     pooling: str = _f("mean", "mean (the article's GAP + linear head) | lse (log-sum-exp of the class map) | "
                               "topk (mean of the class map's top cells)")
@@ -159,7 +159,7 @@ PRESETS: dict[str, TrainConfig] = {
     ),
     # The article: frozen ImageNet ResNet-152, a new 2-class head, Adam + StepLR(4), 10 epochs.
     # Needs --data-dir (Kaggle layout); the weights file is downloaded once into torchvision's cache
-    # (see model.expected_weights_file), or must already be there with --offline.
+    # (see weights.expected_weights_file), or must already be there with --offline.
     "article": TrainConfig(
         name="article", arch="resnet152", weights="imagenet", freeze_backbone=True,
         epochs=10, early_sizes="", batch_size=256, lr=1e-3, step_size=4, gamma=0.1, image_size=224, workers=None,

@@ -14,7 +14,6 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pneumonia_cam import CLASSES
-from pneumonia_cam.steps.metrics import roc_auc, roc_curve
 
 
 def training_curves(history: list[dict], path: str | os.PathLike, best_epoch: int | None = None,
@@ -64,13 +63,23 @@ def confusion_matrix_figure(confusion, path: str | os.PathLike, title: str = "te
     return _save(fig, path)
 
 
-def roc_figure(y_true, p_pneumonia, path: str | os.PathLike, thresholds: dict[str, float] | None = None,
-               title: str = "test") -> Path:
-    """ROC curve with its AUC; optional named operating points (e.g. argmax 0.5, validation-chosen)."""
-    fpr, tpr, _ = roc_curve(y_true, p_pneumonia)
+def roc_figure(fpr, tpr, auc: float, y_true, p_pneumonia, path: str | os.PathLike,
+               thresholds: dict[str, float] | None = None, title: str = "test") -> Path:
+    """ROC curve with its AUC; optional named operating points (e.g. argmax 0.5, validation-chosen).
+
+    Args:
+        fpr: the curve's false-positive rates (:func:`pneumonia_cam.steps.metrics.roc_curve`, computed by the caller).
+        tpr: its true-positive rates, one per point of ``fpr``.
+        auc: the area under it (:func:`pneumonia_cam.steps.metrics.roc_auc`), shown in the legend.
+        y_true: ``(N,)`` labels (1 = PNEUMONIA), for the operating points.
+        p_pneumonia: ``(N,)`` predicted p(PNEUMONIA), for the operating points.
+        path: where the PNG goes.
+        thresholds: name -> threshold $t$; each is drawn at its (FPR, TPR) when predicting $p \\ge t$.
+        title: the split's name, in the title.
+    """
     fig = Figure(figsize=(4, 4), layout="constrained")
     ax = fig.subplots()
-    ax.plot(fpr, tpr, lw=2, label=f"AUC = {roc_auc(y_true, p_pneumonia):.3f}")
+    ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.3f}")
     ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1, label="chance")
     y = np.asarray(y_true).astype(bool)
     p = np.asarray(p_pneumonia)

@@ -36,7 +36,7 @@ from pneumonia_cam.steps.zoom import upsample, zoom_article
 from pneumonia_cam.support.runtime import autocast, resolve_precision
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])]
 
 
 @pytest.fixture(scope="module")

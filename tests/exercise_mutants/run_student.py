@@ -49,8 +49,10 @@ def main(spec_path: str, out_path: str, basetemp: str) -> None:
         with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
             # no:unraisableexception: its end-of-run gc.collect() calls cost ~0.4 s per run, most of a
             # mutant's run, and these short runs create no reference cycles worth finding.
+            # "tb": null leaves pytest's traceback style alone: the student's short report.
+            tb = run.get("tb", "--tb=line")
             code = pytest.main([*run["args"], "--student", run["student"], "-p", "no:cacheprovider",
-                                "-p", "no:unraisableexception", "--tb=line", f"--basetemp={basetemp}/{i}"],
+                                "-p", "no:unraisableexception", *([tb] if tb else []), f"--basetemp={basetemp}/{i}"],
                                plugins=[recorder])
         results[run["name"]] = {"exit": int(code), "errors": recorder.errors, "reports": recorder.reports,
                                 "output": output.getvalue()}  # whole: the summary line's place depends on the terminal width

@@ -37,10 +37,16 @@ from torch import nn
 
 from pneumonia_cam import CLASSES, __version__
 from pneumonia_cam.extensions import feature_cache, localization
-from pneumonia_cam.steps import data, overlay
+from pneumonia_cam.extensions.gradcam import cam_grid
+from pneumonia_cam.extensions.map_model import build_map_model
+from pneumonia_cam.steps import data
 from pneumonia_cam.steps.fit import FitConfig, evaluate, fit
-from pneumonia_cam.steps.metrics import binary_metrics, youden_threshold
-from pneumonia_cam.steps.model import build_model
+from pneumonia_cam.steps.metrics import (
+    binary_metrics,
+    roc_auc,
+    roc_curve,
+    youden_threshold,
+)
 from pneumonia_cam.support import distributed, images, phantoms, report, splits
 from pneumonia_cam.support.checkpoint import (
     atomic_write,
@@ -130,13 +136,14 @@ def load_data(cfg: TrainConfig, progress: bool = True) -> tuple[Path, dict]:
 
 # ------------------------------------------------------------------------------------------ 2. model
 def make_model(cfg: TrainConfig, progress: bool = True) -> nn.Module:
-    """The network of :func:`pneumonia_cam.steps.model.build_model`, as ``cfg`` describes it.
+    """The network of :func:`pneumonia_cam.extensions.map_model.build_map_model`, as ``cfg`` describes it
+    (the article's model, with the head and ``layer4`` options of ``--pooling`` and ``--dilate-layer4``).
 
     ``progress``: the weights download's progress bar, when ``--weights imagenet`` has to download.
     """
-    return build_model(cfg.arch, cfg.weights, cfg.freeze_backbone, len(CLASSES), cfg.dilate_layer4,
-                       offline=cfg.offline, progress=progress, pooling=cfg.pooling, lse_r=cfg.lse_r,
-                       topk_fraction=cfg.topk_fraction)
+    return build_map_model(cfg.arch, cfg.weights, cfg.freeze_backbone, len(CLASSES), cfg.dilate_layer4,
+                           offline=cfg.offline, progress=progress, pooling=cfg.pooling, lse_r=cfg.lse_r,
+                           topk_fraction=cfg.topk_fraction)
 
 
 def fit_config(cfg: TrainConfig, device: torch.device, train_set) -> FitConfig:
@@ -306,8 +313,8 @@ def localize(model: nn.Module, test_ds, test_loader, root: Path, run_dir: Path, 
     targets = [y for _, y in test_ds.samples]
     pick = [i for i, y in enumerate(targets) if y == 1][:6] + [i for i, y in enumerate(targets) if y == 0][:2]
     batch = torch.stack([test_ds[i][0] for i in pick])  # (8, 3, H, W), normalized
-    overlay.cam_grid(model, batch, run_dir / "cam_grid.png", masks=[masks[i] for i in pick] if masks else None,
-                     titles=[f"true {CLASSES[targets[i]]}" for i in pick])
+    cam_grid(model, batch, run_dir / "cam_grid.png", masks=[masks[i] for i in pick] if masks else None,
+             titles=[f"true {CLASSES[targets[i]]}" for i in pick])
     return result
 
 
@@ -317,7 +324,9 @@ def write_figures(run_dir: Path, history: list[dict], metrics: dict, outputs: di
     """``curves.png`` (loss and accuracy per epoch), ``confusion.png`` (test), ``roc.png`` (test)."""
     report.training_curves(history, run_dir / "curves.png", best_epoch=metrics["best_epoch"], sizes=sizes)
     report.confusion_matrix_figure(metrics["test"]["confusion"], run_dir / "confusion.png")
-    report.roc_figure(outputs["y_true"]["test"], outputs["p"]["test"], run_dir / "roc.png",
+    y, p = outputs["y_true"]["test"], outputs["p"]["test"]
+    fpr, tpr, _ = roc_curve(y, p)
+    report.roc_figure(fpr, tpr, roc_auc(y, p), y, p, run_dir / "roc.png",
                       {"argmax": 0.5, "val-chosen": metrics["val_threshold"]["threshold"]})
 
 
