@@ -12,7 +12,8 @@ lesson with every outside host unresolvable, and the test drives it over the Chr
 * the search (its index and web worker are files of the site) finds a word;
 * the layout holds at 1280 px on every page: no formula is wider than its box (KaTeX cannot wrap a
   display formula: it would be cut off), no table scrolls sideways (hiding columns), no text outside
-  code shows a literal backtick (Markdown left unrendered), no API signature runs off its box;
+  code shows a literal backtick or `*` (Markdown left unrendered) or raw LaTeX (`$$`, `\\(`), no table
+  has an empty header row, no API signature runs off its box;
 * on the API page, each Returns table has one row per returned thing, each with the start of its
   description: a multi-line Returns entry whose continuation lines are not indented becomes
   several rows, each a fragment.
@@ -457,7 +458,21 @@ _LAYOUT_JS = """(() => {
   const cutSignatures = [...document.querySelectorAll('.doc-signature pre > code')]
     .filter(p => p.scrollWidth > p.clientWidth + 1)
     .map(p => `${short(p).slice(0, 50)} (${p.scrollWidth} px in ${p.clientWidth} px)`);
-  return {overflowingMath, scrollingTables, backticks, cutSignatures};
+  // Markdown or math left unrendered: $$, \\( or \\[ in the text, or a * that should have been emphasis.
+  const rawMath = [], literalStars = [];
+  const walker2 = document.createTreeWalker(document.querySelector('.md-content'), NodeFilter.SHOW_TEXT);
+  for (let n = walker2.nextNode(); n; n = walker2.nextNode()) {
+    if (n.parentElement.closest('code, pre, kbd, script, style, textarea, .katex, .arithmatex')) continue;
+    const t = n.textContent;
+    if (/\\$\\$|\\\\\\(|\\\\\\[|\\\\frac|\\\\sum/.test(t)) rawMath.push(t.trim().slice(0, 90));
+    if (/(^|\\s)\\*{1,2}[A-Za-z]|[A-Za-z.:]\\*{1,2}(\\s|$)/.test(t)) literalStars.push(t.trim().slice(0, 90));
+  }
+  // A table whose header row says nothing.
+  const emptyHeaders = [...document.querySelectorAll('.md-typeset table')]
+    .filter(t => { const ths = [...t.querySelectorAll('thead th')];
+                   return ths.length && ths.every(th => !th.textContent.trim()); })
+    .map(t => short(t.querySelector('tbody tr') || t));
+  return {overflowingMath, scrollingTables, backticks, cutSignatures, rawMath, literalStars, emptyHeaders};
 })()"""
 
 
@@ -466,6 +481,9 @@ def _check_layout(report: dict):
     assert not report["scrollingTables"], f"tables that scroll sideways at {WIDTH} px: {report['scrollingTables']}"
     assert not report["backticks"], f"literal backticks outside code (unrendered Markdown): {report['backticks']}"
     assert not report["cutSignatures"], f"signatures wider than their box (is ruff installed?): {report['cutSignatures']}"
+    assert not report["rawMath"], f"math left as raw LaTeX in the text: {report['rawMath']}"
+    assert not report["literalStars"], f"literal * in the text (unrendered emphasis or list): {report['literalStars']}"
+    assert not report["emptyHeaders"], f"tables with an empty header row: {report['emptyHeaders']}"
 
 
 def _check_page(report: dict, min_math: int, min_images: int):

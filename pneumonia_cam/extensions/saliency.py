@@ -4,32 +4,35 @@ Tutorial section: *Class Activation Maps* (extension). Each method reads the net
 trained (nothing is retrained) and returns raw ``(B, h, w)`` maps on its own grid, for one target
 class; scoring upsamples and normalizes them like the CAM
 (:mod:`pneumonia_cam.extensions.localization`). Notation: $A_k(x, y)$ is channel $k$ of a hooked
-block's output, $w^c_k$ and $b_c$ the head's weight and bias, $y^c$ the head's logit $z_c$.
+block's output, $w^c_k$ and $b_c$ the head's weight and bias, $z_c$ the logit of class $c$.
 
 * **CAM** (Zhou et al. 2016), the article's map at ``layer4``: $M_c = \\sum_k w^c_k A_k$.
 * **Dilated CAM**: the CAM of the same weights with ``layer4`` dilated instead of strided
   (:func:`pneumonia_cam.extensions.map_model.dilate_layer4_` on a copy), a 14x14 grid at 224 px.
 * **Grad-CAM** at ``layer3`` (:mod:`pneumonia_cam.extensions.gradcam`): channel weights are the
   spatial mean of the gradient.
-* **LayerCAM** (Jiang et al., IEEE TIP 2021, Eq. 4-5): every *cell* keeps its own positive gradient
-  as the weight,
-
-  $$
-  L^c(x, y) = \\mathrm{ReLU}\\Big(\\sum_k \\mathrm{ReLU}\\Big(\\frac{\\partial y^c}{\\partial A_k(x, y)}\\Big)
-  A_k(x, y)\\Big),
-  $$
-
-  which stays sharp at earlier, finer layers, where a channel's mean gradient blurs. At ``layer4``
-  of a GAP + linear head $\\partial z_c / \\partial A_k(x, y) = w^c_k / (hw)$, so LayerCAM there is
-  the CAM of the positive weights, $\\sum_k \\max(w^c_k, 0) A_k / (hw)$. Maps of several layers are
-  fused (Jiang et al., Sec. III-C) by scaling each normalized map $\\hat L$ as
-  $\\tanh(\\gamma \\hat L)$, $\\gamma = 2$ (their Eq. 9), upsampling to the finest grid and taking
-  the element-wise maximum.
+* **LayerCAM** (Jiang et al., IEEE TIP 2021, Eq. 4-5) at ``layer3``, and fused over ``layer3`` and
+  ``layer4``: every *cell* keeps its own positive gradient as the weight (below).
 * **Flip averaging** (test-time augmentation): $\\frac12\\big(M_c(x) + F(M_c(F(x)))\\big)$ with $F$ the
   horizontal flip; for a network that commutes with $F$ it is the CAM itself.
 * **Contrastive CAM**: the CAM of $w^1 - w^0$ with bias $b_1 - b_0$, i.e. $M_1 - M_0 + b_1 - b_0$,
   whose spatial mean is the log-odds $z_1 - z_0 = \\log p_1 - \\log p_0$: a two-class softmax
   cannot tell $M_1$ from $M_1 + v$ when the same $v$ is added to $M_0$, only their difference.
+
+**LayerCAM** (Jiang et al., IEEE TIP 2021, Eq. 4-5) weights every *cell* by its own positive
+gradient,
+
+$$
+L^c(x, y) = \\mathrm{ReLU}\\Big(\\sum_k \\mathrm{ReLU}\\Big(\\frac{\\partial z_c}{\\partial A_k(x, y)}\\Big)
+A_k(x, y)\\Big),
+$$
+
+which stays sharp at earlier, finer layers, where a channel's mean gradient blurs. At ``layer4``
+of a GAP + linear head $\\partial z_c / \\partial A_k(x, y) = w^c_k / (hw)$, so LayerCAM there is
+the CAM of the positive weights, $\\sum_k \\max(w^c_k, 0) A_k / (hw)$. Maps of several layers are
+fused (Jiang et al., Sec. III-C) by scaling each normalized map $\\hat L$ as
+$\\tanh(\\gamma \\hat L)$, $\\gamma = 2$ (their Eq. 9), upsampling to the finest grid and taking
+the element-wise maximum.
 
 :func:`saliency_maps` computes any set of them with one forward and one backward pass (plus one
 forward for the flip and one for the dilated copy).
@@ -60,7 +63,7 @@ _NEEDS_LAYER3 = {"gradcam_layer3", "layercam_layer3", "layercam_layer34"}
 
 
 def layer_cam(features: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-    """LayerCAM $L^c = \\mathrm{ReLU}(\\sum_k \\mathrm{ReLU}(\\partial y^c / \\partial A_k) \\odot A_k)$.
+    """LayerCAM $L^c = \\mathrm{ReLU}(\\sum_k \\mathrm{ReLU}(\\partial z_c / \\partial A_k) \\odot A_k)$.
 
     Args:
         features: ``(B, K, h, w)`` activations $A_k$ of a layer.

@@ -27,7 +27,7 @@ z_c = \frac{1}{h w} \sum_{x, y} \underbrace{\sum_k w^c_k A_k(x, y)}_{M_c(x, y)} 
 $$
 
 GAP also keeps the head tiny. A dense layer on the flattened $K \times h \times w$ map needs
-$C \cdot K h w + C$ parameters; GAP + linear needs $C \cdot K + C$ — $hw = 49$ times fewer weights at
+$C \cdot K h w + C$ parameters; GAP + linear needs $C \cdot K + C$: $hw = 49$ times fewer weights at
 224 px, and it works at any input size because the pool does not care how big $h \times w$ is.
 """
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics against their definitions (no scikit-learn)."""
+"""Lesson 02, step 4, evaluation (``pneumonia_cam.steps.metrics``): every metric against its definition (no scikit-learn)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Localization metrics (``pneumonia_cam.extensions.localization``): hand cases per metric, then the whole
+"""Lesson 04: the localization metrics (``pneumonia_cam.extensions.localization``) and the other maps (``saliency``): hand cases per metric, then the whole
 evaluation on a model whose CAM is known to point at the lesion."""
 
 import json
