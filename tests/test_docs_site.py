@@ -599,7 +599,9 @@ def test_api_page_in_browser(browser, base_url, shot_dirs):
     _screenshot(browser, "api", shot_dirs)  # its first MAX_SHOT_HEIGHT px
     for element_id, name in [("pneumonia_cam.steps.fit.fit", "api_fit"),
                              ("pneumonia_cam.steps.metrics.roc_curve", "api_roc_curve"),
-                             ("pneumonia_cam.support.phantoms", "api_phantoms")]:
+                             ("pneumonia_cam.support.phantoms", "api_phantoms"),
+                             ("pneumonia_cam.extensions.saliency", "api_saliency"),
+                             ("pneumonia_cam.steps.gap", "api_gap")]:
         _screenshot_at(browser, element_id, name, shot_dirs)
 
 
