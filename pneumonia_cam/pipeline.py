@@ -43,7 +43,6 @@ from pneumonia_cam.steps import data
 from pneumonia_cam.steps.fit import FitConfig, evaluate, fit
 from pneumonia_cam.steps.metrics import (
     binary_metrics,
-    roc_auc,
     roc_curve,
     youden_threshold,
 )
@@ -326,7 +325,7 @@ def write_figures(run_dir: Path, history: list[dict], metrics: dict, outputs: di
     report.confusion_matrix_figure(metrics["test"]["confusion"], run_dir / "confusion.png")
     y, p = outputs["y_true"]["test"], outputs["p"]["test"]
     fpr, tpr, _ = roc_curve(y, p)
-    report.roc_figure(fpr, tpr, roc_auc(y, p), y, p, run_dir / "roc.png",
+    report.roc_figure(fpr, tpr, metrics["test"]["auc"], y, p, run_dir / "roc.png",  # AUC: binary_metrics' own
                       {"argmax": 0.5, "val-chosen": metrics["val_threshold"]["threshold"]})
 
 

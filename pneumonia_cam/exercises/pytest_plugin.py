@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -127,8 +128,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     lesson, names = state.items[item.nodeid]
     if report.failed:
         path = student.get(lesson)
-        found = hints(template_path(lesson))  # the template's hints: the student may have rewritten theirs
-        lines = [f"{name}: {found.get(name) or 'see lessons/' + lesson + '/README.md'}" for name in names]
+        lines = [f"{name}: {_hint(lesson, name)}" for name in names]
         report.sections.append((f"exercise {', '.join(names)} (lesson {lesson}, your file {path})",
                                 "\n".join(lines)))
         test = item.nodeid.split("/")[-1] + ("" if report.when == "call" else f" (in {report.when})")
@@ -138,6 +138,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         for name in names:
             state.outcomes[lesson][name].append(report.outcome)
     return report
+
+
+@cache
+def _template_hints(lesson: str) -> dict[str, str]:
+    """The hints of the lesson's template, read once per run: the student may have rewritten theirs."""
+    return hints(template_path(lesson))
+
+
+def _hint(lesson: str, name: str) -> str:
+    return _template_hints(lesson).get(name) or f"see lessons/{lesson}/README.md"
 
 
 def _one_line(report: pytest.TestReport) -> str:
@@ -156,7 +166,6 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         return
     if state.compact:
         for lesson, failed in state.reasons.items():
-            found = hints(template_path(lesson))
             for name in EXERCISES[lesson]:
                 if name not in failed:
                     continue
@@ -165,7 +174,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
                                             f"test(s)", red=True, bold=True)
                 for test, reason in failed[name]:
                     terminalreporter.write_line(f"  {test}: {reason}")
-                terminalreporter.write_line(f"  hint: {found.get(name) or 'see lessons/' + lesson + '/README.md'}")
+                terminalreporter.write_line(f"  hint: {_hint(lesson, name)}")
         if state.reasons:
             terminalreporter.write_line("(full tracebacks: add -v or --tb=long)")
     for lesson, ran in state.outcomes.items():

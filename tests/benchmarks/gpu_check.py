@@ -41,9 +41,8 @@ LIMITS_S = {"gpu_tests": 110, "lesson_tests": 60, "demo": 90, "article_images": 
 
 
 def _env(cache: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(cache), TORCH_HOME=str(cache / "torch"),
-               PNEUMONIA_CAM_OFFLINE="1", MPLBACKEND="Agg")
-    return env
+    return dict(os.environ, PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(cache), TORCH_HOME=str(cache / "torch"),
+                PNEUMONIA_CAM_OFFLINE="1", MPLBACKEND="Agg")
 
 
 def _run(name: str, args: list[str], out: Path, env: dict) -> dict:
